@@ -1,0 +1,5 @@
+import sys
+
+from aftercall.cli import main
+
+sys.exit(main())
