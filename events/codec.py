@@ -52,13 +52,13 @@ class UnencodableEvent(InvalidEvent):
 
 def event_type(cls: type[E]) -> type[E]:
     """Register a frozen attrs class as an event type, named by its class name."""
-    if not attrs.has(cls):
-        raise TypeError(f"{cls.__name__} must be an attrs class to be an event type")
     name = cls.__name__
+    if not attrs.has(cls):
+        raise TypeError(f"{name} must be an attrs class to be an event type")
     if name in _registry and _registry[name] is not cls:
         raise TypeError(f"event type {name!r} is registered twice")
     _registry[name] = cls
-    return cls
+    return cls  # type: ignore[return-value]  # attrs.has narrows the type needlessly
 
 
 def registered_types() -> Mapping[str, type[Any]]:

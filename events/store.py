@@ -17,6 +17,7 @@ Why the shapes below:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
@@ -239,3 +240,25 @@ async def tail(
             else:
                 continue
         await store.wait_for_events(position)
+
+
+def encode_payloads(stream: str, events: Sequence[NewEvent]) -> list[tuple[str, str]]:
+    """(data, metadata) of each event as compact JSON text; a value that is not JSON is refused.
+
+    Done in the appending task, before the event reaches a batch: a bad event fails its own
+    append and nothing else, and nothing is half-written.
+    """
+    payloads = []
+    for event in events:
+        try:
+            payloads.append(
+                (
+                    json.dumps(event.data, separators=(",", ":"), allow_nan=False),
+                    json.dumps(dict(event.metadata), separators=(",", ":"), allow_nan=False),
+                )
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidEvent(
+                f"event {event.type} for {stream!r} cannot be stored as JSON: {exc}"
+            ) from exc
+    return payloads
