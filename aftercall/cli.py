@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import import_module
+
+import trio
 
 #: Modules that contribute subcommands; each has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -24,6 +26,29 @@ class CommandError(Exception):
 
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def run_async(fn: Callable[[], Awaitable[None]]) -> None:
+    """``trio.run`` for commands: a lone error inside nurseries comes out as itself.
+
+    Trio wraps errors raised inside nurseries in exception groups; a user should see
+    "aftercall: <problem>", so a group holding one error is unwrapped to that error.
+    """
+    try:
+        trio.run(fn)
+    except BaseExceptionGroup as group:
+        leaf = _lone_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+
+
+def _lone_leaf(error: BaseException) -> BaseException | None:
+    while isinstance(error, BaseExceptionGroup):
+        if len(error.exceptions) != 1:
+            return None
+        error = error.exceptions[0]
+    return error
 
 
 def build_parser() -> argparse.ArgumentParser:
