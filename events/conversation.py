@@ -1,0 +1,197 @@
+"""Facts and decisions of a WhatsApp follow-up conversation, in the phone's stream.
+
+The stream ``phone-+E164`` is the conversation: the call it follows (``events.calls``),
+every inbound message, every exchange with the agent, every reply with its outbox steps
+(requested -> sent or failed) and every delivery status Twilio reports. The phone actor
+folds it to know where it is; projections fold it for history and metrics.
+
+Outside facts get ids derived from their outside identity (Twilio MessageSid, status), so a
+repeated webhook is a no-op. Replies follow the outbox rule: ``ReplyRequested`` (the intent,
+with all its parts) is recorded before Twilio is called; ``ReplySent``/``ReplyFailed`` after.
+An intent without an outcome after a crash is reconciled by looking the message up in
+Twilio before sending again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+import attrs
+
+from events.codec import derived_id, event_type
+
+ReplyKind = Literal["first_message", "agent", "fallback", "media_notice"]
+FallbackReason = Literal["timeout", "empty", "session_closed", "unavailable", "protocol"]
+
+
+@attrs.frozen
+class MediaItem:
+    content_type: str
+    url: str
+
+
+@event_type
+@attrs.frozen
+class MessageReceived:
+    """A WhatsApp message from the person, as Twilio delivered it to our webhook."""
+
+    message_sid: str
+    phone: str
+    body: str
+    received_at: datetime
+    profile_name: str | None = None
+    media: tuple[MediaItem, ...] = ()
+
+
+@event_type
+@attrs.frozen
+class AgentSessionOpened:
+    """A text session with the agent was opened (and primed with the conversation so far)."""
+
+    agent_conversation_id: str
+    agent_id: str
+    reopened: bool
+    primed_turns: int
+    opened_at: datetime
+
+
+@event_type
+@attrs.frozen
+class AgentSessionClosed:
+    """The agent session ended; ``likely_cause`` says why in words an operator can act on."""
+
+    agent_conversation_id: str
+    code: int | None
+    reason: str
+    likely_cause: str | None
+    closed_at: datetime
+
+
+@event_type
+@attrs.frozen
+class AgentAsked:
+    """Inbound messages were sent to the agent as one ``user_message`` turn."""
+
+    turn_id: str
+    message_sids: tuple[str, ...]
+    text: str
+    asked_at: datetime
+    agent_conversation_id: str | None = None
+
+
+@event_type
+@attrs.frozen
+class AgentAnswered:
+    """The agent's answer for a turn; ``agent_seconds`` is its own latency."""
+
+    turn_id: str
+    text: str
+    agent_seconds: float
+    answered_at: datetime
+    streamed_parts: int = 0
+    corrected: bool = False
+
+
+@event_type
+@attrs.frozen
+class AgentTurnFailed:
+    """The agent did not give a usable answer; a fallback reply follows."""
+
+    turn_id: str
+    reason: FallbackReason
+    detail: str
+    failed_at: datetime
+
+
+@attrs.frozen
+class Template:
+    """An approved WhatsApp template: Twilio ContentSid and its variables."""
+
+    content_sid: str
+    variables: dict[str, str] = attrs.field(factory=dict)
+
+
+@event_type
+@attrs.frozen
+class ReplyRequested:
+    """Outbox intent: these parts are to be sent to the phone, in order.
+
+    ``in_reply_to`` lists the inbound MessageSids this reply answers (empty for the first
+    message after a call). Exactly one of ``parts`` (free text) or ``template`` is used.
+    """
+
+    reply_id: str
+    kind: ReplyKind
+    parts: tuple[str, ...]
+    requested_at: datetime
+    in_reply_to: tuple[str, ...] = ()
+    turn_id: str | None = None
+    template: Template | None = None
+    call_conversation_id: str | None = None
+
+
+@event_type
+@attrs.frozen
+class ReplySent:
+    """Twilio accepted one part of a reply (``part`` counts from 0)."""
+
+    reply_id: str
+    part: int
+    message_sid: str
+    status: str
+    sent_at: datetime
+    send_started_at: datetime | None = None
+    reconciled: bool = False
+
+
+@event_type
+@attrs.frozen
+class ReplyFailed:
+    """Twilio refused one part of a reply, or stayed unavailable past the retry budget."""
+
+    reply_id: str
+    part: int
+    error_code: int | None
+    http_status: int | None
+    detail: str
+    failed_at: datetime
+
+
+@event_type
+@attrs.frozen
+class ReplyDelayed:
+    """Twilio was unavailable (429/5xx/network) past the retry budget; the part is retried
+    later from the outbox. Recorded so an operator sees the delay, not to settle the part."""
+
+    reply_id: str
+    part: int
+    detail: str
+    retry_in_seconds: float
+    at: datetime
+
+
+@event_type
+@attrs.frozen
+class DeliveryStatusChanged:
+    """A Twilio status callback for a message we sent (sent, delivered, read, failed...)."""
+
+    message_sid: str
+    status: str
+    at: datetime
+    error_code: int | None = None
+    error_message: str | None = None
+
+
+def inbound_event_id(message_sid: str) -> UUID:
+    return derived_id("twilio-inbound", message_sid)
+
+
+def status_event_id(message_sid: str, status: str) -> UUID:
+    return derived_id("twilio-status", message_sid, status)
+
+
+def phone_stream(phone: str) -> str:
+    """The stream of the conversation with one phone (E.164)."""
+    return f"phone-{phone}"
