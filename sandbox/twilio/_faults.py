@@ -1,0 +1,192 @@
+"""Faults the REST API can be told to commit: 429, 5xx, slow answers, dropped connections.
+
+A fault is armed for the next N API requests, or for the requests about one phone (the
+``To`` of a create, or the ``To`` filter of a list). The control API (``/_sandbox/…``) is
+never faulted, so a test can always disarm what it armed.
+
+Faults act in a thin ASGI layer in front of the Quart app because a dropped connection
+cannot be expressed in ASGI: the layer reaches Hypercorn's stream (the owner of the ``send``
+callable) and closes it before any response byte is written, which is what a client sees
+when a load balancer resets a connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Literal
+from urllib.parse import parse_qs
+
+import attrs
+import trio
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.http_stream import HTTPStream
+
+from sandbox.twilio._protocol import e164, new_sid
+from sandbox.twilio._values import API_VERSION, ApiError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+#: Loose on purpose: Quart's precise ASGI types are not assignable to a generic signature.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+_HTTP_ERRORS = {
+    429: ApiError(status=429, code=20429, message="Too Many Requests"),
+    500: ApiError(status=500, code=20500, message="An internal server error has occurred"),
+    503: ApiError(status=503, code=20503, message="Service Unavailable"),
+}
+
+
+@attrs.frozen
+class Fault:
+    """What goes wrong with one request.
+
+    Build with the named constructors: ``Fault.rate_limited(retry_after=2)``,
+    ``Fault.server_error(503)``, ``Fault.slow(20.0)``, ``Fault.dropped()``.
+    """
+
+    kind: Literal["http", "slow", "drop"]
+    status: int | None = None
+    retry_after: int | None = None
+    seconds: float = 0.0
+
+    @classmethod
+    def rate_limited(cls, retry_after: int | None = None) -> Fault:
+        """429 with code 20429; ``Retry-After`` only when given (Twilio's is unconfirmed)."""
+        return cls(kind="http", status=429, retry_after=retry_after)
+
+    @classmethod
+    def server_error(cls, status: Literal[500, 503] = 500) -> Fault:
+        if status not in (500, 503):
+            raise ValueError("server_error status must be 500 or 503")
+        return cls(kind="http", status=status)
+
+    @classmethod
+    def slow(cls, seconds: float) -> Fault:
+        """Answer normally, but only after ``seconds`` on trio's clock."""
+        return cls(kind="slow", seconds=seconds)
+
+    @classmethod
+    def dropped(cls) -> Fault:
+        """Close the connection without writing any response."""
+        return cls(kind="drop")
+
+
+@attrs.frozen
+class ArmedFault:
+    """A fault waiting for requests: ``times`` left (None: until cleared), maybe one phone."""
+
+    fault: Fault
+    times: int | None
+    phone: str | None
+
+
+@attrs.define
+class FaultPlan:
+    """The armed faults, first armed first served."""
+
+    armed: list[ArmedFault] = attrs.Factory(list)
+
+    def arm(self, fault: Fault, *, times: int | None = 1, phone: str | None = None) -> None:
+        if times is not None and times < 1:
+            raise ValueError("times must be at least 1 (or None for until cleared)")
+        self.armed.append(ArmedFault(fault, times, e164(phone) if phone else None))
+
+    def clear(self) -> None:
+        self.armed.clear()
+
+    def take(self, phone: str | None) -> Fault | None:
+        """The fault for a request about ``phone`` (None: about no phone), spending one use."""
+        for index, armed in enumerate(self.armed):
+            if armed.phone is not None and armed.phone != phone:
+                continue
+            if armed.times is None:
+                return armed.fault
+            if armed.times == 1:
+                del self.armed[index]
+            else:
+                self.armed[index] = attrs.evolve(armed, times=armed.times - 1)
+            return armed.fault
+        return None
+
+
+def _request_phone(scope: Scope, body: bytes) -> str | None:
+    """The phone an API request is about: ``To`` in the form or in the query string."""
+    fields = parse_qs(body.decode("utf-8", "replace")) if scope["method"] == "POST" else {}
+    if "To" not in fields:
+        fields = parse_qs(scope.get("query_string", b"").decode("utf-8", "replace"))
+    for value in fields.get("To", []):
+        try:
+            return e164(value)
+        except ValueError:
+            return None
+    return None
+
+
+def faulting(app: ASGIApp, plan: FaultPlan) -> ASGIApp:
+    """Wrap ``app`` so requests under ``/2010-04-01/`` obey ``plan``."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(f"/{API_VERSION}/"):
+            await app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its request
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        fault = plan.take(_request_phone(scope, body))
+        if fault is not None and fault.kind == "drop":
+            await _drop(send)
+            return
+        if fault is not None and fault.kind == "http":
+            await _send_error(send, fault)
+            return
+        if fault is not None and fault.kind == "slow":
+            await trio.sleep(fault.seconds)
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await app(scope, replay, send)
+
+    return wrapped
+
+
+async def _send_error(send: Send, fault: Fault) -> None:
+    assert fault.status is not None
+    error = _HTTP_ERRORS[fault.status]
+    payload = json.dumps(error.to_json()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"twilio-request-id", new_sid("RQ").encode()),
+    ]
+    if fault.retry_after is not None:
+        headers.append((b"retry-after", str(fault.retry_after).encode()))
+    await send({"type": "http.response.start", "status": fault.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _drop(send: Send) -> None:
+    """Close the connection under this request without writing a response.
+
+    ``send`` is Hypercorn's ``HTTPStream.app_send``; telling that stream it is closed makes
+    the HTTP/1.1 protocol close the socket because the response never finished.
+    """
+    stream = getattr(send, "__self__", None)
+    if not isinstance(stream, HTTPStream):
+        raise RuntimeError("dropped-connection faults need the app served by Hypercorn")
+    await stream.send(StreamClosed(stream_id=stream.stream_id))

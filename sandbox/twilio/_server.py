@@ -1,0 +1,294 @@
+"""The stand-in's HTTP face: Twilio's REST routes and the ``/_sandbox`` control API.
+
+REST routes answer exactly as api.twilio.com does (reference §3); the control API is ours,
+JSON in and out, for tests and for a person driving the sandbox by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from sandbox.twilio._faults import Fault
+from sandbox.twilio._protocol import (
+    ListQuery,
+    check_create,
+    message_json,
+    new_sid,
+    page_json,
+)
+from sandbox.twilio._values import API_VERSION, ApiError, Media
+
+if TYPE_CHECKING:
+    from sandbox.twilio._standin import TwilioStandIn
+
+_ACCOUNT = f"/{API_VERSION}/Accounts/<account_sid>"
+_AUTH_FAILED = ApiError(
+    status=401,
+    code=20003,
+    message="Authenticate",
+    detail="Your AccountSid or AuthToken was incorrect.",
+)
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    response = Response(json.dumps(payload), status=status, content_type="application/json")
+    response.headers["Twilio-Request-Id"] = new_sid("RQ")
+    return response
+
+
+def _error(error: ApiError) -> Response:
+    response = _json(error.to_json(), error.status)
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
+    return response
+
+
+def _not_found(path: str) -> ApiError:
+    return ApiError(status=404, code=20404, message=f"The requested resource {path} was not found")
+
+
+def _control_error(message: str, status: int = 400) -> Response:
+    return _json({"error": message}, status)
+
+
+def build_app(standin: TwilioStandIn) -> QuartTrio:
+    """The Quart-Trio app serving ``standin``; faults are layered on by the caller."""
+    app = QuartTrio("sandbox.twilio")
+
+    def authenticated(account_sid: str) -> bool:
+        """Basic auth with the account's own sid and token, for that account's URLs only.
+
+        The comparison is constant-time and the token never appears in any answer.
+        """
+        header = request.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return (
+            hmac.compare_digest(user.encode(), standin.account_sid.encode())
+            and hmac.compare_digest(password.encode(), standin.auth_token.encode())
+            and account_sid == standin.account_sid
+        )
+
+    # ------------------------------------------------------------------ REST
+
+    @app.post(f"{_ACCOUNT}/Messages.json")
+    async def create_message(account_sid: str) -> Response:
+        if not authenticated(account_sid):
+            return _error(_AUTH_FAILED)
+        form = await request.form
+        fields = {name: form.getlist(name) for name in form}
+        checked = check_create(fields, senders=[standin.whatsapp_from], templates=standin.templates)
+        if isinstance(checked, ApiError):
+            return _error(checked)
+        return _json(message_json(standin.create_message(checked)), 201)
+
+    @app.get(f"{_ACCOUNT}/Messages.json")
+    async def list_messages(account_sid: str) -> Response:
+        if not authenticated(account_sid):
+            return _error(_AUTH_FAILED)
+        query = ListQuery.from_args(request.args)
+        if isinstance(query, ApiError):
+            return _error(query)
+        records = list(standin.messages.values())
+        return _json(page_json(records, query, standin.account_sid))
+
+    @app.get(f"{_ACCOUNT}/Messages/<sid>.json")
+    async def fetch_message(account_sid: str, sid: str) -> Response:
+        if not authenticated(account_sid):
+            return _error(_AUTH_FAILED)
+        record = standin.messages.get(sid)
+        if record is None:
+            return _error(_not_found(request.path))
+        return _json(message_json(record))
+
+    @app.get(f"{_ACCOUNT}/Messages/<message_sid>/Media/<media_sid>")
+    async def fetch_media(account_sid: str, message_sid: str, media_sid: str) -> Response:
+        """Media content; Twilio requires Basic auth on media URLs (reference §1.2)."""
+        if not authenticated(account_sid):
+            return _error(_AUTH_FAILED)
+        item = standin.media.get(media_sid)
+        if item is None or item.message_sid != message_sid:
+            return _error(_not_found(request.path))
+        return Response(item.content, content_type=item.content_type)
+
+    # ------------------------------------------------------------------ control API
+
+    @app.get("/_sandbox")
+    async def describe() -> Response:
+        """The account's public settings (the auth token is printed by the CLI only)."""
+        return _json(
+            {
+                "account_sid": standin.account_sid,
+                "whatsapp_from": standin.whatsapp_from,
+                "webhook_url": standin.webhook_url,
+                "status_callbacks": standin.status_callbacks,
+                "clock_offset": standin.clock.offset,
+                "base_url": standin.base_url,
+            }
+        )
+
+    @app.put("/_sandbox/webhook")
+    async def set_webhook() -> Response:
+        payload = await _payload()
+        url = payload.get("url")
+        if url is not None and not isinstance(url, str):
+            return _control_error("url must be a string or null")
+        standin.webhook_url = url
+        return _json({"webhook_url": url})
+
+    @app.put("/_sandbox/status-callbacks")
+    async def set_status_callbacks() -> Response:
+        payload = await _payload()
+        enabled = payload.get("enabled")
+        if not isinstance(enabled, bool):
+            return _control_error("enabled must be true or false")
+        standin.status_callbacks = enabled
+        return _json({"enabled": enabled})
+
+    @app.post("/_sandbox/users/<phone>/messages")
+    async def user_says(phone: str) -> Response:
+        """A simulated user writes; answers once the app has answered the webhook."""
+        from sandbox.twilio._standin import NoWebhookUrl
+
+        payload = await _payload()
+        try:
+            media = [
+                Media(item["content_type"], base64.b64decode(item.get("content_base64", "")))
+                for item in payload.get("media", [])
+            ]
+            sid = await standin.user_says(
+                phone,
+                str(payload.get("body", "")),
+                media=media,
+                duplicate=bool(payload.get("duplicate", False)),
+                bad_signature=bool(payload.get("bad_signature", False)),
+                profile_name=str(payload.get("profile_name", "Sandbox User")),
+            )
+        except NoWebhookUrl as exc:
+            return _control_error(str(exc), 409)
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            return _control_error(f"bad user message: {exc}")
+        return _json({"sid": sid}, 201)
+
+    @app.get("/_sandbox/phones/<phone>/received")
+    async def received(phone: str) -> Response:
+        try:
+            records = standin.received(phone)
+        except ValueError as exc:
+            return _control_error(str(exc))
+        return _json({"messages": [message_json(record) for record in records]})
+
+    @app.get("/_sandbox/faults")
+    async def list_faults() -> Response:
+        return _json(
+            {
+                "faults": [
+                    {
+                        "kind": armed.fault.kind,
+                        "status": armed.fault.status,
+                        "retry_after": armed.fault.retry_after,
+                        "seconds": armed.fault.seconds,
+                        "times": armed.times,
+                        "phone": armed.phone,
+                    }
+                    for armed in standin.faults.armed
+                ]
+            }
+        )
+
+    @app.post("/_sandbox/faults")
+    async def arm_fault() -> Response:
+        """Arm a fault: ``{"kind": "rate_limited"|"server_error"|"slow"|"dropped", ...}``."""
+        payload = await _payload()
+        try:
+            fault = _fault_from(payload)
+            times = payload.get("times", 1)
+            standin.inject(
+                fault, times=None if times is None else int(times), phone=payload.get("phone")
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            return _control_error(f"bad fault: {exc}")
+        return _json({"armed": len(standin.faults.armed)}, 201)
+
+    @app.delete("/_sandbox/faults")
+    async def clear_faults() -> Response:
+        standin.clear_faults()
+        return _json({"armed": 0})
+
+    @app.post("/_sandbox/clock/advance")
+    async def advance() -> Response:
+        payload = await _payload()
+        try:
+            standin.advance(float(payload["seconds"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            return _control_error(f"bad advance: {exc}")
+        return _json({"offset": standin.clock.offset})
+
+    @app.get("/_sandbox/templates")
+    async def list_templates() -> Response:
+        return _json(
+            {"templates": [{"sid": t.sid, "body": t.body} for t in standin.templates.values()]}
+        )
+
+    @app.post("/_sandbox/templates")
+    async def register_template() -> Response:
+        payload = await _payload()
+        body = payload.get("body")
+        sid = payload.get("sid")
+        if not isinstance(body, str) or (sid is not None and not isinstance(sid, str)):
+            return _control_error("body (and sid, if given) must be strings")
+        return _json({"sid": standin.register_template(body, sid=sid), "body": body}, 201)
+
+    @app.get("/_sandbox/deliveries")
+    async def deliveries() -> Response:
+        return _json(
+            {
+                "deliveries": [
+                    {
+                        "kind": delivery.kind,
+                        "url": delivery.url,
+                        "message_sid": delivery.message_sid,
+                        "params": dict(delivery.params),
+                        "status_code": delivery.status_code,
+                        "debugger_code": delivery.debugger_code,
+                    }
+                    for delivery in standin.deliveries
+                ]
+            }
+        )
+
+    return app
+
+
+async def _payload() -> dict[str, Any]:
+    payload = await request.get_json(force=True, silent=True)
+    return payload if isinstance(payload, dict) else {}
+
+
+def _fault_from(payload: dict[str, Any]) -> Fault:
+    kind = payload["kind"]
+    if kind == "rate_limited":
+        retry_after = payload.get("retry_after")
+        return Fault.rate_limited(None if retry_after is None else int(retry_after))
+    if kind == "server_error":
+        status = int(payload.get("status", 500))
+        if status not in (500, 503):
+            raise ValueError("status must be 500 or 503")
+        return Fault.server_error(500 if status == 500 else 503)
+    if kind == "slow":
+        return Fault.slow(float(payload["seconds"]))
+    if kind == "dropped":
+        return Fault.dropped()
+    raise ValueError(f"unknown fault kind {kind!r}")
