@@ -126,6 +126,7 @@ def build_app(standin: TwilioStandIn) -> QuartTrio:
     # ------------------------------------------------------------------ control API
 
     @app.get("/_sandbox")
+    @app.get("/_sandbox/")
     async def describe() -> Response:
         """The account's public settings (the auth token is printed by the CLI only)."""
         return _json(

@@ -61,7 +61,10 @@ async def test_bad_credentials_answer_401_with_20003(auth: tuple[str, str] | Non
             url = f"{twilio.base_url}/2010-04-01/Accounts/{twilio.account_sid}/Messages.json"
             if auth is not None and auth[0].startswith("AC"):
                 auth = (twilio.account_sid, auth[1])
-            response = await http.post(url, data=send_form(twilio), auth=auth)
+            if auth is None:
+                response = await http.post(url, data=send_form(twilio))
+            else:
+                response = await http.post(url, data=send_form(twilio), auth=auth)
     assert response.status_code == 401
     assert response.json() == {
         "code": 20003,
