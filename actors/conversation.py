@@ -309,8 +309,13 @@ def compose_context(state: ConversationState) -> str:
         if tail:
             lines = "\n".join(f"{line.role}: {line.message}" for line in tail)
             sections.append(f"End of the call transcript:\n{lines}")
-    if state.history:
-        lines = "\n".join(f"{x.role}: {x.text}" for x in state.history)
+    history = list(state.history)
+    if state.open_turn is not None and history and history[-1] == Exchange(
+        "user", state.open_turn.text
+    ):
+        history.pop()  # the turn being (re)asked is sent as the user_message itself
+    if history:
+        lines = "\n".join(f"{x.role}: {x.text}" for x in history)
         sections.append(f"WhatsApp conversation so far:\n{lines}")
     text = "\n\n".join(sections)
     if len(text) > MAX_CONTEXT_CHARS:

@@ -1,0 +1,484 @@
+"""The phone actor: one per WhatsApp user, continuing the call's conversation.
+
+It owns the person's agent session (a WebSocket) and decides every step from its stream
+``phone-+E164``. Each wake-up it folds what is new in the log, asks the rules
+(``actors.conversation.next_step``) what to do, does it, records the outcome, and asks
+again until the conversation waits for the person. The mailbox only says "look at the
+log": a web handler appends ``MessageReceived`` and then notifies; a crash, a restart or a
+passivation loses nothing, because ``activate`` folds the whole stream and resumes.
+
+Side effects follow the outbox rule. A reply is first recorded as ``ReplyRequested`` (all
+its parts), then sent part by part, each outcome recorded. A reply this activation did not
+request itself may have been sent by a previous one that died before recording it; such a
+part is looked up in Twilio first (``find_sent``) and only sent if it is not there.
+
+The agent session is a cache: it is opened on the first need, primed with the call summary
+and the conversation so far, and reopened the same way whenever it closes. A turn that gets
+no usable answer (timeout, empty, closed, unavailable) is answered with the configured
+fallback: every inbound message gets exactly one answer, and nothing empty is ever sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from actors.agent_session import (
+    AgentSession,
+    AgentSessionClosed,
+    AgentSessionConfig,
+    AgentSessionError,
+    AgentTurnTimeout,
+    AgentUnavailable,
+)
+from actors.conversation import (
+    AskAgent,
+    ConversationState,
+    DeliverReply,
+    NoticeMedia,
+    SendFirstMessage,
+    apply,
+    compose_context,
+    first_message_template,
+    first_message_text,
+    in_service_window,
+    next_step,
+)
+from actors.runtime import ActorContext
+from actors.whatsapp import TwilioRejected, TwilioUnavailable, WhatsAppSender
+from actors.whatsapp_rules import EmptyMessage, split_message
+from events.codec import decode, to_new_event
+from events.conversation import (
+    AgentAnswered,
+    AgentAsked,
+    AgentSessionOpened,
+    AgentTurnFailed,
+    FallbackReason,
+    ReplyDelayed,
+    ReplyFailed,
+    ReplyRequested,
+    ReplySent,
+    phone_stream,
+)
+from events.conversation import (
+    AgentSessionClosed as SessionClosedEvent,
+)
+from events.store import WrongExpectedVersion
+
+logger = logging.getLogger(__name__)
+
+#: Event types only the phone actor writes. Anything else may be appended to the stream by
+#: others (webhooks: messages, calls, delivery statuses) and never invalidates a decision.
+DECISIONS = frozenset(
+    {
+        "AgentSessionOpened", "AgentSessionClosed", "AgentAsked", "AgentAnswered",
+        "AgentTurnFailed", "ReplyRequested", "ReplySent", "ReplyFailed", "ReplyDelayed",
+    }
+)  # fmt: skip
+#: How far before an intent's time a reconciling look-up searches (clock skew with Twilio).
+RECONCILE_SKEW = timedelta(minutes=2)
+
+
+@attrs.frozen
+class Wake:
+    """ "Your stream may have grown": the only message the phone actor needs."""
+
+
+class DecisionConflict(RuntimeError):
+    """Another writer recorded decisions in this phone's stream: re-fold and decide again.
+
+    With one owner per phone this does not happen; if it does, crashing is right: the
+    supervisor restarts the actor, which folds the log and decides from what is there.
+    """
+
+
+@attrs.frozen
+class PhoneSettings:
+    """What the phone actor needs to know about the outside world."""
+
+    elevenlabs_base_url: str
+    elevenlabs_api_key: str | None = attrs.field(repr=False)
+    default_agent_id: str
+    first_message_text: str
+    fallback_text: str
+    media_notice_text: str
+    first_message_template_sid: str | None = None
+    turn_timeout: float = 30.0
+    #: How soon to try a reply again after Twilio stayed unavailable past its retry budget.
+    reply_retry_delay: float = 30.0
+    #: After the agent could not be reached, how long new turns get the fallback at once
+    #: instead of another connection attempt (does not apply to a closed session).
+    first_message_wait: float = 1.0
+
+
+@attrs.frozen
+class PhoneDependencies:
+    """Shared by every phone actor of a process."""
+
+    settings: PhoneSettings
+    http: httpx.AsyncClient
+    sender: WhatsAppSender
+    wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+class PhoneActor:
+    """The conversation with one phone number. Made fresh for every activation."""
+
+    def __init__(self, phone: str, deps: PhoneDependencies) -> None:
+        self.phone = phone
+        self.stream = phone_stream(phone)
+        self.deps = deps
+        self.state = ConversationState(phone)
+        self.session: AgentSession | None = None
+        #: Replies requested by this activation: known not to be at Twilio yet.
+        self._fresh_replies: set[str] = set()
+
+    # -- the runtime's hooks -------------------------------------------------------------
+    async def activate(self, ctx: ActorContext[Wake]) -> None:
+        await self._catch_up(ctx)
+        if next_step(self.state) is not None:
+            ctx.set_timer("resume", 0, Wake())
+
+    async def handle(self, message: Wake, ctx: ActorContext[Wake]) -> None:
+        await self._catch_up(ctx)
+        while (step := next_step(self.state)) is not None:
+            match step:
+                case DeliverReply():
+                    if not await self._deliver(step, ctx):
+                        return  # Twilio unavailable: a timer brings us back
+                case SendFirstMessage():
+                    await self._request_first_message(step, ctx)
+                case NoticeMedia():
+                    await self._request_reply(
+                        ctx,
+                        kind="media_notice",
+                        text=self.deps.settings.media_notice_text,
+                        in_reply_to=tuple(m.message_sid for m in step.messages),
+                    )
+                case AskAgent():
+                    await self._take_turn(step, ctx)
+
+    async def deactivate(self, ctx: ActorContext[Wake]) -> None:
+        if self.session is not None and not self.session.closed:
+            session, self.session = self.session, None
+            await session.aclose()
+            await self._record(
+                ctx,
+                SessionClosedEvent(
+                    agent_conversation_id=session.conversation_id,
+                    code=1000,
+                    reason="passivated",
+                    likely_cause=None,
+                    closed_at=self._now(),
+                ),
+            )
+
+    # -- the log -------------------------------------------------------------------------
+    async def _catch_up(self, ctx: ActorContext[Wake]) -> list[Any]:
+        """Fold what the stream holds past our version; returns the new records' types."""
+        records = await ctx.store.read_stream(self.stream, from_version=self.state.version + 1)
+        for record in records:
+            apply(self.state, decode(record))
+            self.state.version = record.version
+        return [record.type for record in records]
+
+    async def _record(self, ctx: ActorContext[Wake], *events: Any) -> None:
+        """Append our decisions after what we folded; facts appended meanwhile are folded
+        first (they never invalidate a decision), decisions by anyone else are a conflict."""
+        new = [to_new_event(event, metadata={"actor": "phone"}) for event in events]
+        while True:
+            try:
+                result = await ctx.store.append(self.stream, new, self.state.version)
+            except WrongExpectedVersion:
+                types = await self._catch_up(ctx)
+                if DECISIONS.intersection(types):
+                    raise DecisionConflict(
+                        f"{self.stream}: decisions recorded by another writer: {types}"
+                    ) from None
+                continue
+            break
+        for event in events:
+            apply(self.state, event)
+        self.state.version = result.version
+
+    def _now(self) -> datetime:
+        return self.deps.wall_clock()
+
+    # -- steps ---------------------------------------------------------------------------
+    async def _request_first_message(self, step: SendFirstMessage, ctx: ActorContext[Wake]) -> None:
+        settings = self.deps.settings
+        now = self._now()
+        template_sid = settings.first_message_template_sid
+        if template_sid and not in_service_window(self.state, now):
+            await self._request_reply(
+                ctx,
+                kind="first_message",
+                template=first_message_template(step.call, template_sid),
+                call_conversation_id=step.call.conversation_id,
+            )
+            return
+        await self._request_reply(
+            ctx,
+            kind="first_message",
+            text=first_message_text(step.call, settings.first_message_text),
+            call_conversation_id=step.call.conversation_id,
+        )
+
+    async def _request_reply(
+        self,
+        ctx: ActorContext[Wake],
+        *,
+        kind: Any,
+        text: str | None = None,
+        template: Any = None,
+        in_reply_to: Sequence[str] = (),
+        turn_id: str | None = None,
+        call_conversation_id: str | None = None,
+        before: Sequence[Any] = (),
+    ) -> None:
+        parts: tuple[str, ...] = ()
+        if template is None:
+            parts = tuple(split_message(text or ""))
+            if not parts:  # the rules never get here with empty text; keep the invariant
+                parts = tuple(split_message(self.deps.settings.fallback_text))
+        reply_id = uuid.uuid4().hex
+        request = ReplyRequested(
+            reply_id=reply_id,
+            kind=kind,
+            parts=parts,
+            requested_at=self._now(),
+            in_reply_to=tuple(in_reply_to),
+            turn_id=turn_id,
+            template=template,
+            call_conversation_id=call_conversation_id,
+        )
+        self._fresh_replies.add(reply_id)
+        await self._record(ctx, *before, request)
+
+    async def _deliver(self, step: DeliverReply, ctx: ActorContext[Wake]) -> bool:
+        """Send one part of a reply (after looking it up, if we did not request it)."""
+        request = step.pending.request
+        sender = self.deps.sender
+        body = None if request.template is not None else request.parts[step.part]
+        if request.reply_id not in self._fresh_replies:
+            found = await self._reconcile(request, body)
+            if found is not None:
+                await self._record(
+                    ctx,
+                    ReplySent(
+                        reply_id=request.reply_id,
+                        part=step.part,
+                        message_sid=found.sid,
+                        status=found.status,
+                        sent_at=self._now(),
+                        reconciled=True,
+                    ),
+                )
+                return True
+        started = self._now()
+        try:
+            if request.template is not None:
+                sent = await sender.send_template(
+                    self.phone, request.template.content_sid, request.template.variables
+                )
+            else:
+                assert body is not None
+                sent = await sender.send_text(self.phone, body)
+        except TwilioRejected as exc:
+            await self._record(
+                ctx,
+                ReplyFailed(
+                    reply_id=request.reply_id,
+                    part=step.part,
+                    error_code=exc.code,
+                    http_status=exc.status,
+                    detail=str(exc),
+                    failed_at=self._now(),
+                ),
+            )
+            return True
+        except EmptyMessage as exc:
+            await self._record(
+                ctx,
+                ReplyFailed(request.reply_id, step.part, None, None, str(exc), self._now()),
+            )
+            return True
+        except TwilioUnavailable as exc:
+            delay = self.deps.settings.reply_retry_delay
+            # The part may have reached Twilio before the connection failed: look it up
+            # before sending again.
+            self._fresh_replies.discard(request.reply_id)
+            await self._record(
+                ctx, ReplyDelayed(request.reply_id, step.part, str(exc), delay, self._now())
+            )
+            ctx.set_timer("retry-outbox", delay, Wake())
+            return False
+        await self._record(
+            ctx,
+            ReplySent(
+                reply_id=request.reply_id,
+                part=step.part,
+                message_sid=sent.sid,
+                status=sent.status,
+                sent_at=self._now(),
+                send_started_at=started,
+            ),
+        )
+        return True
+
+    async def _reconcile(self, request: ReplyRequested, body: str | None) -> Any:
+        """A message Twilio already has for this intent, not yet recorded; else None."""
+        since = request.requested_at - RECONCILE_SKEW
+        content_sid = request.template.content_sid if request.template is not None else None
+        try:
+            candidates = await self.deps.sender.find_sent(
+                self.phone, since, body=body, content_sid=content_sid
+            )
+        except TwilioUnavailable:
+            raise  # crash: the supervisor retries later; sending blind could duplicate
+        for candidate in candidates:
+            if candidate.sid not in self.state.sent_sids:
+                return candidate
+        return None
+
+    async def _take_turn(self, step: AskAgent, ctx: ActorContext[Wake]) -> None:
+        """One exchange with the agent, ending in a reply request (answer or fallback)."""
+        turn_id = step.turn_id or uuid.uuid4().hex
+        session: AgentSession | None = None
+        failure: tuple[FallbackReason, str] | None = None
+        try:
+            session = await self._ensure_session(ctx)
+        except AgentSessionError as exc:
+            failure = (_reason(exc), str(exc))
+        if step.turn_id is None:
+            await self._record(
+                ctx,
+                AgentAsked(
+                    turn_id=turn_id,
+                    message_sids=step.message_sids,
+                    text=step.text,
+                    asked_at=self._now(),
+                    agent_conversation_id=session.conversation_id if session else None,
+                ),
+            )
+        if session is not None:
+            try:
+                answer = await session.ask(step.text)
+            except AgentSessionError as exc:
+                failure = (_reason(exc), str(exc))
+                await self._drop_session(ctx, exc)
+            else:
+                if answer.text.strip():
+                    await self._request_reply(
+                        ctx,
+                        kind="agent",
+                        text=answer.text,
+                        in_reply_to=step.message_sids,
+                        turn_id=turn_id,
+                        before=[
+                            AgentAnswered(
+                                turn_id=turn_id,
+                                text=answer.text,
+                                agent_seconds=answer.agent_seconds,
+                                answered_at=self._now(),
+                                streamed_parts=answer.streamed_parts,
+                                corrected=answer.corrected,
+                            )
+                        ],
+                    )
+                    return
+                failure = ("empty", "the agent answered with no text")
+        assert failure is not None
+        reason, detail = failure
+        logger.warning("%s: turn %s falls back (%s): %s", self.stream, turn_id, reason, detail)
+        await self._request_reply(
+            ctx,
+            kind="fallback",
+            text=self.deps.settings.fallback_text,
+            in_reply_to=step.message_sids,
+            turn_id=turn_id,
+            before=[AgentTurnFailed(turn_id, reason, detail, self._now())],
+        )
+
+    async def _ensure_session(self, ctx: ActorContext[Wake]) -> AgentSession:
+        if self.session is not None and not self.session.closed:
+            return self.session
+        if self.session is not None:
+            error = self.session.close_error
+            await self._drop_session(ctx, error)
+        settings = self.deps.settings
+        call = self.state.call
+        config = AgentSessionConfig(
+            base_url=settings.elevenlabs_base_url,
+            agent_id=call.agent_id if call is not None else settings.default_agent_id,
+            api_key=settings.elevenlabs_api_key,
+            user_id=self.phone,
+            dynamic_variables=dict(call.dynamic_variables) if call is not None else {},
+            turn_timeout=settings.turn_timeout,
+            first_message_wait=settings.first_message_wait,
+        )
+        session = await AgentSession.open(ctx.nursery, self.deps.http, config)
+        reopened = self.state.sessions_opened > 0
+        try:
+            await session.send_context(compose_context(self.state))
+        except AgentSessionError:
+            await session.aclose()
+            raise
+        self.session = session
+        await self._record(
+            ctx,
+            AgentSessionOpened(
+                agent_conversation_id=session.conversation_id,
+                agent_id=config.agent_id,
+                reopened=reopened,
+                primed_turns=len(self.state.history),
+                opened_at=self._now(),
+            ),
+        )
+        return session
+
+    async def _drop_session(self, ctx: ActorContext[Wake], error: AgentSessionError | None) -> None:
+        session, self.session = self.session, None
+        if session is None:
+            return
+        with trio.move_on_after(2):
+            await session.aclose()
+        code = error.code if error is not None else None
+        reason = getattr(error, "close_reason", None) or (error.reason if error else "closed")
+        likely = error.reason if isinstance(error, AgentSessionClosed) else None
+        await self._record(
+            ctx,
+            SessionClosedEvent(
+                agent_conversation_id=session.conversation_id,
+                code=code,
+                reason=reason or "closed",
+                likely_cause=likely,
+                closed_at=self._now(),
+            ),
+        )
+
+
+def _reason(error: AgentSessionError) -> FallbackReason:
+    if isinstance(error, AgentTurnTimeout):
+        return "timeout"
+    if isinstance(error, AgentSessionClosed):
+        return "session_closed"
+    if isinstance(error, AgentUnavailable):
+        return "unavailable"
+    return "protocol"
+
+
+def phone_actor_factory(deps: PhoneDependencies) -> Callable[[str], PhoneActor]:
+    """The runtime's factory: the actor id is the phone (E.164)."""
+
+    def make(phone: str) -> PhoneActor:
+        return PhoneActor(phone, deps)
+
+    return make

@@ -1,0 +1,153 @@
+"""Settings from environment variables, read once at start-up.
+
+The names are the seed's (``ELEVENLABS_API_KEY``, ``TWILIO_ACCOUNT_SID``, ...), plus base
+URLs so a stand-in can take the place of either service. A missing required setting stops
+start-up with one message naming *every* missing variable, not the first one found.
+``AFTERCALL_SANDBOX=1`` starts the local stand-ins in-process and fills in everything that
+points at ElevenLabs or Twilio, so aftercall runs with no credentials at all.
+
+Secrets are kept out of ``repr`` so a settings object can be logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from aftercall.storage import StoreLocation, store_location
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work; the message names every variable to fix."""
+
+
+DEFAULT_FIRST_MESSAGE = (
+    "Hi {name}, thanks for talking with us just now. If anything else comes to mind, "
+    "just reply here and we'll help."
+)
+DEFAULT_FALLBACK = (
+    "Sorry, I can't answer that right now. Please write again in a moment and I'll pick it up."
+)
+DEFAULT_MEDIA_NOTICE = (
+    "Thanks! I can only read text messages here. Could you type your question for me?"
+)
+
+
+@attrs.frozen
+class Settings:
+    store: StoreLocation
+    public_base_url: str
+    elevenlabs_base_url: str
+    elevenlabs_api_key: str | None = attrs.field(repr=False)
+    elevenlabs_webhook_secret: str | None = attrs.field(repr=False)
+    default_agent_id: str
+    twilio_api_base_url: str
+    twilio_account_sid: str
+    twilio_auth_token: str = attrs.field(repr=False)
+    twilio_whatsapp_from: str
+    first_message_template_sid: str | None = None
+    first_message_text: str = DEFAULT_FIRST_MESSAGE
+    fallback_text: str = DEFAULT_FALLBACK
+    media_notice_text: str = DEFAULT_MEDIA_NOTICE
+    turn_timeout: float = 30.0
+    idle_timeout: float = 1800.0
+    admin_token: str | None = attrs.field(default=None, repr=False)
+    sandbox: bool = False
+
+    @property
+    def status_callback_url(self) -> str:
+        return f"{self.public_base_url}/webhooks/twilio/status"
+
+    @property
+    def whatsapp_webhook_url(self) -> str:
+        return f"{self.public_base_url}/webhooks/twilio/whatsapp"
+
+
+REQUIRED = (
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_WHATSAPP_FROM",
+    "DEFAULT_AGENT_ID",
+    "PUBLIC_BASE_URL",
+)
+
+
+def _float(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        problems.append(f"{name} must be a number of seconds, not {raw!r}")
+        return default
+    if value <= 0:
+        problems.append(f"{name} must be positive, not {raw!r}")
+    return value
+
+
+def is_sandbox(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return env.get("AFTERCALL_SANDBOX", "").lower() in ("1", "true", "yes", "on")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from the environment (``overrides`` win, e.g. the sandbox's URLs).
+
+    Raises ``SettingsError`` listing every missing or malformed variable at once.
+    """
+    env = dict(os.environ if environ is None else environ)
+    env.update(overrides or {})
+    problems: list[str] = []
+    missing = [name for name in REQUIRED if not env.get(name)]
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    turn_timeout = _float(env, "AFTERCALL_TURN_TIMEOUT", 30.0, problems)
+    idle_timeout = _float(env, "AFTERCALL_IDLE_TIMEOUT", 1800.0, problems)
+    public = env.get("PUBLIC_BASE_URL", "").rstrip("/")
+    if public and not public.startswith(("http://", "https://")):
+        problems.append(f"PUBLIC_BASE_URL must start with http:// or https://, not {public!r}")
+    for name in ("AFTERCALL_FIRST_MESSAGE", "AFTERCALL_FALLBACK_TEXT", "AFTERCALL_MEDIA_NOTICE"):
+        if name in env and not env[name].strip():
+            problems.append(f"{name} is set but empty (an empty WhatsApp message is never sent)")
+    first_message = env.get("AFTERCALL_FIRST_MESSAGE") or DEFAULT_FIRST_MESSAGE
+    try:
+        first_message.format(name="x", summary="y")
+    except (KeyError, IndexError, ValueError) as exc:
+        problems.append(f"AFTERCALL_FIRST_MESSAGE may only use {{name}} and {{summary}} ({exc!r})")
+    if problems:
+        raise SettingsError("aftercall cannot start: " + "; ".join(problems))
+    return Settings(
+        store=store_location(env),
+        public_base_url=public,
+        elevenlabs_base_url=(env.get("ELEVENLABS_BASE_URL") or "https://api.elevenlabs.io").rstrip(
+            "/"
+        ),
+        elevenlabs_api_key=env.get("ELEVENLABS_API_KEY") or None,
+        elevenlabs_webhook_secret=env.get("ELEVENLABS_WEBHOOK_SECRET") or None,
+        default_agent_id=env["DEFAULT_AGENT_ID"],
+        twilio_api_base_url=(env.get("TWILIO_API_BASE_URL") or "https://api.twilio.com").rstrip(
+            "/"
+        ),
+        twilio_account_sid=env["TWILIO_ACCOUNT_SID"],
+        twilio_auth_token=env["TWILIO_AUTH_TOKEN"],
+        twilio_whatsapp_from=env["TWILIO_WHATSAPP_FROM"],
+        first_message_template_sid=env.get("AFTERCALL_FIRST_MESSAGE_TEMPLATE_SID") or None,
+        first_message_text=first_message,
+        fallback_text=env.get("AFTERCALL_FALLBACK_TEXT") or DEFAULT_FALLBACK,
+        media_notice_text=env.get("AFTERCALL_MEDIA_NOTICE") or DEFAULT_MEDIA_NOTICE,
+        turn_timeout=turn_timeout,
+        idle_timeout=idle_timeout,
+        admin_token=env.get("AFTERCALL_ADMIN_TOKEN") or None,
+        sandbox=is_sandbox(env),
+    )
+
+
+def data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env.get("AFTERCALL_DATA_DIR") or "var")

@@ -1,0 +1,200 @@
+"""The composition root: build the whole system from settings, in one structured scope.
+
+Everything else receives what it needs as arguments; this is the one place that reads
+settings and wires parts together. ``open_system`` is used by the web app (through
+``run_system``, started from Hypercorn's ``before_serving``), by ``aftercall demo`` and by
+the end-to-end tests, so all three run the same system.
+
+With ``AFTERCALL_SANDBOX=1`` the ElevenLabs and Twilio stand-ins are started first, inside
+the same scope, and every URL and credential that points at those services is filled in
+from them: no account needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from actors.conversation import ConversationState, apply, next_step
+from actors.phone import PhoneDependencies, PhoneSettings, Wake, phone_actor_factory
+from actors.runtime import ActorSettings, ActorSystem, open_actor_system
+from actors.whatsapp import TwilioConfig, WhatsAppSender
+from aftercall.settings import Settings, is_sandbox, load_settings
+from events.codec import UnknownEventType, decode
+from events.open import open_store
+from events.store import EventStore
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Sandbox:
+    """The in-process stand-ins, when running with ``AFTERCALL_SANDBOX=1``."""
+
+    elevenlabs: Any  # sandbox.elevenlabs.ElevenLabsStandIn
+    twilio: Any  # sandbox.twilio.TwilioStandIn
+
+
+@attrs.define(eq=False)
+class System:
+    """A running aftercall: what web handlers and commands act on."""
+
+    settings: Settings
+    store: EventStore
+    phones: ActorSystem[Wake]
+    http: httpx.AsyncClient
+    sender: WhatsAppSender
+    sandbox: Sandbox | None = None
+    resumed_phones: int = 0
+
+    def notify_phone(self, phone: str) -> bool:
+        """Tell the phone's actor its stream grew (never waits; the log holds the work)."""
+        return self.phones.notify(phone, Wake())
+
+
+DEFAULT_SANDBOX_PUBLIC_URL = "http://127.0.0.1:8000"
+
+
+@asynccontextmanager
+async def _sandbox(environ: Mapping[str, str]) -> AsyncIterator[tuple[Sandbox, dict[str, str]]]:
+    from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
+    from sandbox.twilio import TwilioStandIn, serve_twilio
+
+    public = (environ.get("PUBLIC_BASE_URL") or DEFAULT_SANDBOX_PUBLIC_URL).rstrip("/")
+    async with (
+        serve_elevenlabs(
+            ElevenLabsStandIn(webhook_secret="wsec_sandbox_" + secrets.token_hex(16))
+        ) as elevenlabs,
+        serve_twilio(TwilioStandIn(webhook_url=f"{public}/webhooks/twilio/whatsapp")) as twilio,
+    ):
+        elevenlabs.webhook_url = f"{public}/webhooks/elevenlabs/post-call"
+        overrides = {
+            "PUBLIC_BASE_URL": public,
+            "ELEVENLABS_BASE_URL": str(elevenlabs.base_url),
+            "DEFAULT_AGENT_ID": environ.get("DEFAULT_AGENT_ID") or DEFAULT_AGENT_ID,
+            "TWILIO_API_BASE_URL": str(twilio.base_url),
+            "TWILIO_ACCOUNT_SID": twilio.account_sid,
+            "TWILIO_AUTH_TOKEN": twilio.auth_token,
+            "TWILIO_WHATSAPP_FROM": twilio.whatsapp_from,
+        }
+        secret = getattr(elevenlabs, "webhook_secret", None)
+        if secret:
+            overrides["ELEVENLABS_WEBHOOK_SECRET"] = secret
+        yield Sandbox(elevenlabs, twilio), overrides
+
+
+@asynccontextmanager
+async def open_system(
+    environ: Mapping[str, str] | None = None,
+    *,
+    settings: Settings | None = None,
+    store: EventStore | None = None,
+) -> AsyncIterator[System]:
+    """Build and run the system until the block ends, then shut it down in order:
+    actors finish the message in hand, the store commits what is queued, sockets close.
+
+    ``store`` replaces the one the settings name (tests pass a store on their own schema).
+    """
+    env = dict(os.environ if environ is None else environ)
+    async with AsyncExitStack() as stack:
+        sandbox: Sandbox | None = None
+        if settings is None:
+            overrides: dict[str, str] = {}
+            if is_sandbox(env):
+                sandbox, overrides = await stack.enter_async_context(_sandbox(env))
+            settings = load_settings(env, overrides=overrides)
+        if store is None:
+            store = await stack.enter_async_context(
+                open_store(settings.store.database_url, settings.store.sqlite_path)
+            )
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(15.0, connect=5.0),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+            )
+        )
+        sender = WhatsAppSender(
+            http,
+            TwilioConfig(
+                api_base_url=settings.twilio_api_base_url,
+                account_sid=settings.twilio_account_sid,
+                auth_token=settings.twilio_auth_token,
+                whatsapp_from=settings.twilio_whatsapp_from,
+                status_callback_url=settings.status_callback_url,
+            ),
+        )
+        deps = PhoneDependencies(
+            settings=PhoneSettings(
+                elevenlabs_base_url=settings.elevenlabs_base_url,
+                elevenlabs_api_key=settings.elevenlabs_api_key,
+                default_agent_id=settings.default_agent_id,
+                first_message_text=settings.first_message_text,
+                fallback_text=settings.fallback_text,
+                media_notice_text=settings.media_notice_text,
+                first_message_template_sid=settings.first_message_template_sid,
+                turn_timeout=settings.turn_timeout,
+            ),
+            http=http,
+            sender=sender,
+        )
+        phones = await stack.enter_async_context(
+            open_actor_system(
+                phone_actor_factory(deps),
+                store,
+                ActorSettings(idle_timeout=settings.idle_timeout),
+            )
+        )
+        system = System(settings, store, phones, http, sender, sandbox)
+        system.resumed_phones = await resume_unfinished(store, phones)
+        yield system
+
+
+async def resume_unfinished(store: EventStore, phones: ActorSystem[Wake]) -> int:
+    """Wake every phone whose log shows work in hand (after a crash or a restart).
+
+    Folds the ``phone`` category once at start-up. What was appended before the stop is
+    the state; an actor woken here finds its pending step and finishes it.
+    """
+    states: dict[str, ConversationState] = {}
+    position = 0
+    while True:
+        batch = await store.read_all(after=position, limit=5000, category="phone")
+        if not batch:
+            break
+        for record in batch:
+            phone = record.stream.split("-", 1)[1]
+            state = states.setdefault(phone, ConversationState(phone))
+            try:
+                apply(state, decode(record))
+            except UnknownEventType:
+                continue
+        position = batch[-1].position
+    woken = 0
+    for phone, state in states.items():
+        if next_step(state) is not None:
+            await phones.tell(phone, Wake())
+            woken += 1
+    if woken:
+        logger.info("resumed %d conversations with work in hand", woken)
+    return woken
+
+
+async def run_system(
+    stop: trio.Event,
+    environ: Mapping[str, str] | None = None,
+    *,
+    store: EventStore | None = None,
+    task_status: trio.TaskStatus[System] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The web app's owner task: build the system, hand it over, run until ``stop``."""
+    async with open_system(environ, store=store) as system:
+        task_status.started(system)
+        await stop.wait()

@@ -1,0 +1,138 @@
+"""Twilio webhook forms -> events, and the signature check, as plain functions.
+
+The webhook handlers face the internet: they check the signature against the URL Twilio
+called (the configured public base URL, never the request's Host, which a proxy rewrites),
+then turn the form into one event or a clear reason why not. Twilio adds parameters without
+notice, so unknown ones are accepted (and covered by the signature).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import attrs
+from twilio.request_validator import RequestValidator
+
+from actors.whatsapp_rules import InvalidPhone, normalise_phone
+from events.conversation import DeliveryStatusChanged, MediaItem, MessageReceived
+
+#: Twilio documents inbound bodies of up to 1600 characters; leave room for odd encodings.
+MAX_BODY = 4096
+MAX_MEDIA = 10
+#: Statuses Twilio reports in callbacks for outbound messages.
+KNOWN_STATUSES = frozenset(
+    {
+        "accepted", "scheduled", "canceled", "queued", "sending", "sent", "failed",
+        "delivered", "undelivered", "receiving", "received", "read", "partially_delivered",
+    }
+)  # fmt: skip
+
+
+class FormError(ValueError):
+    """A webhook form we cannot record; the message is the HTTP 400 reason."""
+
+
+@attrs.frozen
+class Form:
+    """The POSTed parameters: each name with all its values (Twilio may repeat none today,
+    but the signature covers every value)."""
+
+    items: Mapping[str, Sequence[str]]
+
+    def get(self, name: str) -> str | None:
+        values = self.items.get(name)
+        return values[0] if values else None
+
+    def require(self, name: str) -> str:
+        value = self.get(name)
+        if value is None or value == "":
+            raise FormError(f"missing {name}")
+        return value
+
+
+class _ValidatorParams(dict[str, list[str]]):
+    """What RequestValidator expects for repeated values: a mapping with ``getlist``."""
+
+    def getlist(self, name: str) -> list[str]:
+        return self[name]
+
+
+def signature_is_valid(auth_token: str, url: str, form: Form, signature: str) -> bool:
+    """Twilio's HMAC-SHA1 over the URL it called plus the sorted parameters."""
+    params = _ValidatorParams({name: list(values) for name, values in form.items.items()})
+    return bool(RequestValidator(auth_token).validate(url, params, signature))
+
+
+def message_received(form: Form, now: datetime) -> MessageReceived:
+    """An inbound WhatsApp message, with the phone normalised to E.164."""
+    sid = form.require("MessageSid")
+    _check_sid(sid, "MessageSid", ("SM", "MM"))
+    phone = _phone(form.require("From"), "From")
+    body = form.get("Body") or ""
+    if len(body) > MAX_BODY:
+        raise FormError(f"Body is {len(body)} characters; the limit is {MAX_BODY}")
+    raw_count = form.get("NumMedia") or "0"
+    try:
+        count = int(raw_count)
+    except ValueError:
+        raise FormError(f"NumMedia must be a whole number, not {raw_count!r}") from None
+    if not 0 <= count <= MAX_MEDIA:
+        raise FormError(f"NumMedia must be between 0 and {MAX_MEDIA}, not {count}")
+    media = tuple(
+        MediaItem(
+            content_type=form.get(f"MediaContentType{i}") or "application/octet-stream",
+            url=form.require(f"MediaUrl{i}"),
+        )
+        for i in range(count)
+    )
+    if not body.strip() and not media:
+        # Locations, contacts, reactions... arrive with an empty Body: treat as media-like.
+        kind = form.get("MessageType") or "unknown"
+        media = (MediaItem(content_type=f"whatsapp/{kind}", url=""),)
+    return MessageReceived(
+        message_sid=sid,
+        phone=phone,
+        body=body,
+        received_at=now,
+        profile_name=form.get("ProfileName"),
+        media=media,
+    )
+
+
+def delivery_status(form: Form, now: datetime) -> tuple[str, DeliveryStatusChanged]:
+    """(phone, event) for a status callback about a message we sent."""
+    sid = form.require("MessageSid")
+    _check_sid(sid, "MessageSid", ("SM", "MM"))
+    status = form.get("MessageStatus") or form.require("SmsStatus")
+    if status not in KNOWN_STATUSES:
+        raise FormError(f"unknown MessageStatus {status!r}")
+    phone = _phone(form.require("To"), "To")
+    raw_code = form.get("ErrorCode")
+    code: int | None = None
+    if raw_code:
+        try:
+            code = int(raw_code)
+        except ValueError:
+            code = None  # the sandbox once sent "InvalidSandboxRequest": keep the message
+    message = form.get("ErrorMessage") or form.get("ChannelStatusMessage")
+    if raw_code and code is None:
+        message = f"{raw_code}: {message}" if message else raw_code
+    return phone, DeliveryStatusChanged(
+        message_sid=sid, status=status, at=now, error_code=code, error_message=message or None
+    )
+
+
+def _phone(raw: str, field: str) -> str:
+    try:
+        return normalise_phone(raw)
+    except InvalidPhone as exc:
+        raise FormError(f"{field}: {exc}") from exc
+
+
+def _check_sid(sid: str, field: str, prefixes: tuple[str, ...]) -> None:
+    if len(sid) != 34 or not sid.startswith(prefixes) or not sid[2:].isalnum():
+        raise FormError(f"{field} {sid[:40]!r} is not a Twilio message sid")
+
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
