@@ -16,6 +16,7 @@ import trio
 
 #: Modules that contribute subcommands; each has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "aftercall.serve",
     "events.cli",
     "sandbox.cli",
 )
@@ -37,13 +38,13 @@ def run_async(fn: Callable[[], Awaitable[None]]) -> None:
     try:
         trio.run(fn)
     except BaseExceptionGroup as group:
-        leaf = _lone_leaf(group)
+        leaf = lone_leaf(group)
         if leaf is None:
             raise
         raise leaf from None
 
 
-def _lone_leaf(error: BaseException) -> BaseException | None:
+def lone_leaf(error: BaseException) -> BaseException | None:
     while isinstance(error, BaseExceptionGroup):
         if len(error.exceptions) != 1:
             return None

@@ -15,6 +15,8 @@ worker, where nothing here can work, so the lifespan fails with one line naming 
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -23,6 +25,8 @@ import trio
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from aftercall.cli import lone_leaf
+from aftercall.settings import SettingsError
 from aftercall.system import System, run_system
 from events.store import EventStoreError, StoreUnavailable
 from web import routes
@@ -34,9 +38,18 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
+class AftercallApp(QuartTrio):
+    """Quart-Trio, with start-up errors a person can fix kept to their one-line message."""
+
+    def log_exception(self, exception_info: Any) -> None:
+        if isinstance(exception_info[1], SettingsError | EventStoreError):
+            return  # TrioOnly prints the message; a traceback would only hide it
+        super().log_exception(exception_info)
+
+
 def create_app(system_factory: Callable[..., Awaitable[None]] = run_system) -> QuartTrio:
     """The Quart-Trio app; ``system_factory`` is how tests inject settings."""
-    app = QuartTrio("aftercall")
+    app = AftercallApp("aftercall")
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024  # Twilio forms are small; refuse floods
     holder: dict[str, Any] = {}
 
@@ -44,7 +57,13 @@ def create_app(system_factory: Callable[..., Awaitable[None]] = run_system) -> Q
     async def start_system() -> None:
         stop = trio.Event()
         holder["stop"] = stop
-        holder["system"] = await app.nursery.start(system_factory, stop)
+        try:
+            holder["system"] = await app.nursery.start(system_factory, stop)
+        except BaseExceptionGroup as group:
+            leaf = lone_leaf(group)  # the one reason, out of the nurseries it crossed
+            if leaf is None:
+                raise
+            raise leaf from None
         app.config["AFTERCALL_SYSTEM"] = holder["system"]
 
     @app.after_serving
@@ -77,10 +96,18 @@ def current_system() -> System:
 
 
 class TrioOnly:
-    """ASGI wrapper: under any event loop but Trio, fail the lifespan with the right command."""
+    """ASGI wrapper for start-up problems a person must fix: one line, not a traceback.
 
-    def __init__(self, app: Any) -> None:
+    Under any event loop but Trio (plain ``hypercorn web.app:app``) the lifespan fails with
+    the right command. When the system cannot start (missing settings, the database down),
+    the reason is printed as one line. With ``exit_on_failure`` (the deployed ``app``) the
+    worker process then exits with status 2 instead of dying in a traceback; tests keep it
+    off and see the failure as an exception.
+    """
+
+    def __init__(self, app: Any, *, exit_on_failure: bool = False) -> None:
         self.app = app
+        self.exit_on_failure = exit_on_failure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -91,13 +118,28 @@ class TrioOnly:
             if scope["type"] == "lifespan":
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    self._fail(RIGHT_COMMAND)
                     await send({"type": "lifespan.startup.failed", "message": RIGHT_COMMAND})
                 return
             await send({"type": "http.response.start", "status": 503, "headers": []})
             await send({"type": "http.response.body", "body": RIGHT_COMMAND.encode()})
             return
-        await self.app(scope, receive, send)
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def watch(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                self._fail(str(message.get("message") or "start-up failed"))
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+    def _fail(self, reason: str) -> None:
+        print(f"aftercall: {reason}", file=sys.stderr, flush=True)
+        if self.exit_on_failure:
+            os._exit(2)
 
 
 quart_app = create_app()
-app = TrioOnly(quart_app)
+app = TrioOnly(quart_app, exit_on_failure=True)
