@@ -42,3 +42,30 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
+
+
+POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "event log",
+        (
+            # position comes from an identity sequence, taken by the writer while it holds
+            # the log's advisory lock (events.postgres): that is what makes the order safe.
+            """
+            CREATE TABLE events (
+                position    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                stream      text        NOT NULL,
+                category    text        NOT NULL,
+                version     integer     NOT NULL CHECK (version > 0),
+                type        text        NOT NULL,
+                data        jsonb       NOT NULL,
+                metadata    jsonb       NOT NULL,
+                event_id    uuid        NOT NULL UNIQUE,
+                recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                UNIQUE (stream, version)
+            )
+            """,
+            "CREATE INDEX events_category_position ON events (category, position)",
+        ),
+    ),
+)

@@ -1,0 +1,324 @@
+"""The PostgreSQL store and its bridge: what the contract suite cannot show.
+
+Lost connections, a server that is down, two processes migrating at once, callers that
+are not children of the loop's task, and the asyncio exception handler. Every test runs
+against the real server, in its own schema, under an absolute ``fail_after``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import socket
+import traceback
+import uuid
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+import events.postgres as pg
+from events.postgres import (
+    Connection,
+    Database,
+    PostgresEventStore,
+    open_database,
+    open_postgres_store,
+)
+from events.store import NO_STREAM, NewEvent, StoreUnavailable
+from tests.events.conftest import Terminate
+
+
+def ev(n: int) -> NewEvent:
+    return NewEvent("Counted", {"n": n})
+
+
+async def test_every_connection_terminated_the_next_calls_succeed(
+    pg_store: PostgresEventStore, pg_app: str, terminate: Terminate
+) -> None:
+    with trio.fail_after(20):
+        await pg_store.append("counter-a", [ev(1)], expected_version=NO_STREAM)
+        # Put several pooled connections to use, so more than one dies.
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(pg_store.read_stream, "counter-a")
+        generation = pg_store._listener.generation
+
+        killed = await terminate(pg_app)
+        assert killed >= 3  # pool, the writer's connection, the listener
+
+        result = await pg_store.append("counter-a", [ev(2)], expected_version=1)
+        assert result.version == 2
+        assert [e.data["n"] for e in await pg_store.read_stream("counter-a")] == [1, 2]
+        assert [e.data["n"] for e in await pg_store.read_all()] == [1, 2]
+        await pg_store._listener.wait_connected(generation + 1)
+        assert pg_store.statistics().appends == 2
+
+
+async def test_waiters_wake_on_another_processes_commit_after_the_listener_came_back(
+    pg_store: PostgresEventStore, pg_dsn: str, pg_schema: str, pg_app: str, terminate: Terminate
+) -> None:
+    with trio.fail_after(20):
+        generation = pg_store._listener.generation
+        await terminate(pg_app, "AND query LIKE 'LISTEN%'")
+        await pg_store._listener.wait_connected(generation + 1)
+        # Slow re-checks off: only a NOTIFY can wake the waiter now.
+        pg_store.fallback_interval = 3600
+        head = await pg_store.head()
+        async with (
+            open_postgres_store(
+                pg_dsn, schema=pg_schema, application_name=f"{pg_app}-b", pool_size=2
+            ) as other,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(pg_store.wait_for_events, head)
+            await trio.testing.wait_all_tasks_blocked()
+            await other.append("counter-b", [ev(1)])
+    assert pg_store.statistics().head > head
+
+
+async def test_while_the_listener_is_down_waiters_re_check(
+    pg_store: PostgresEventStore,
+    pg_dsn: str,
+    pg_schema: str,
+    pg_app: str,
+    terminate: Terminate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def refuse(*_args: object) -> Any:
+        raise ConnectionRefusedError("test: the listener cannot reconnect")
+
+    monkeypatch.setattr(Database, "_connect_listener", refuse)
+    with trio.fail_after(20):
+        await terminate(pg_app, "AND query LIKE 'LISTEN%'")
+        while pg_store.listening:  # the termination reaches the loop as a socket event
+            await pg_store._listener._changed.wait()
+        head = await pg_store.head()
+        woke: list[bool] = []
+
+        async def waiter() -> None:
+            await pg_store.wait_for_events(head)
+            woke.append(pg_store.listening)
+
+        async with (
+            open_postgres_store(
+                pg_dsn, schema=pg_schema, application_name=f"{pg_app}-b", pool_size=2
+            ) as other,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            await other.append("counter-b", [ev(1)])
+    assert woke == [False]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_database_down_at_start_up_is_one_clear_line_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = _closed_port()
+    dsn = f"postgresql://aftercall:s3cret-Pa55@127.0.0.1:{port}/test"
+    started = trio.current_time()
+    with trio.fail_after(10), pytest.raises(StoreUnavailable) as info:
+        async with open_postgres_store(dsn, startup_retry_for=0.5):
+            pytest.fail("opened a store on a closed port")
+    message = str(info.value)
+    assert f"127.0.0.1:{port}" in message
+    assert "\n" not in message
+    everything = "".join(traceback.format_exception(info.value)) + caplog.text + repr(info.value)
+    assert "s3cret" not in everything
+    assert trio.current_time() - started < 5
+
+
+async def test_a_bad_url_is_refused_without_echoing_it() -> None:
+    with pytest.raises(StoreUnavailable) as info:
+        async with open_postgres_store("postgresql://u:s3cret@host:notaport/db"):
+            pytest.fail("opened")
+    assert "s3cret" not in str(info.value)
+
+
+async def test_two_stores_opening_on_a_fresh_schema_take_turns_migrating(
+    pg_dsn: str, pg_schema: str, pg_app: str
+) -> None:
+    versions: list[int] = []
+
+    async def open_and_append(name: str, opened: trio.Event, done: trio.Event) -> None:
+        async with open_postgres_store(
+            pg_dsn, schema=pg_schema, application_name=pg_app, pool_size=2
+        ) as store:
+            opened.set()
+            await store.append("counter-race", [ev(len(name))])
+            versions.append(await store.stream_version("counter-race"))
+            await done.wait()
+
+    with trio.fail_after(20):
+        events = [trio.Event() for _ in range(3)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_and_append, "a", events[0], events[2])
+            nursery.start_soon(open_and_append, "bb", events[1], events[2])
+            await events[0].wait()
+            await events[1].wait()
+            while len(versions) < 2:
+                await trio.testing.wait_all_tasks_blocked()
+            events[2].set()
+    assert sorted(versions)[-1] == 2
+    async with open_database(pg_dsn, schema=pg_schema, pool_size=1) as database:
+        rows = await database.fetch("SELECT version FROM schema_migrations")
+    assert [r["version"] for r in rows] == [m.version for m in pg.POSTGRES_MIGRATIONS]
+
+
+@attrs.define
+class Outcome:
+    values: list[object] = attrs.field(factory=list)
+    error: BaseException | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+async def _use_store(store: PostgresEventStore, outcome: Outcome) -> None:
+    """Everything a request handler would do, from a task that never saw the loop."""
+    try:
+        await store.append("counter-outside", [ev(1)])
+        outcome.values.append(await store.stream_version("counter-outside"))
+        outcome.values.append(await store.database.fetchval("SELECT 40 + $1::int", 2))
+        async with store.database.listen("outside") as notifications:
+            first = await notifications.receive()
+            assert first.resync
+            await store.database.execute("SELECT pg_notify('outside', 'hello')")
+            outcome.values.append((await notifications.receive()).payload)
+    except BaseException as exc:  # reported to the test, which fails with it
+        outcome.error = exc
+    finally:
+        outcome.done.set()
+
+
+async def test_bridge_calls_from_tasks_outside_the_loops_scope(
+    pg_dsn: str, pg_schema: str, pg_app: str
+) -> None:
+    """The Hypercorn shape: the loop's owner and the request handlers are siblings.
+
+    The second user is a system task run in an *empty* context: it would fail if any call
+    relied on trio-asyncio's context variable (which pytest-trio would copy to a plain
+    test task, hiding the trap).
+    """
+
+    async def owner(*, task_status: trio.TaskStatus[PostgresEventStore]) -> None:
+        async with open_postgres_store(
+            pg_dsn, schema=pg_schema, application_name=pg_app, pool_size=3
+        ) as store:
+            task_status.started(store)
+            await trio.sleep_forever()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as owners:
+            store = await owners.start(owner)
+            sibling = Outcome()
+            async with trio.open_nursery() as handlers:
+                handlers.start_soon(_use_store, store, sibling)
+            bare = Outcome()
+            trio.lowlevel.spawn_system_task(_use_store, store, bare, context=contextvars.Context())
+            await bare.done.wait()
+            owners.cancel_scope.cancel()
+    for outcome in (sibling, bare):
+        if outcome.error is not None:
+            raise outcome.error
+    assert sibling.values == [1, 42, "hello"]
+    assert bare.values == [2, 42, "hello"]
+
+
+async def test_a_stray_asyncio_error_is_logged_not_fatal(
+    pg_store: PostgresEventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def stray(_conn: Connection) -> None:
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": "stray callback failed", "exception": RuntimeError("boom")}
+        )
+
+    with trio.fail_after(10):
+        await pg_store.database.run(stray)
+        await trio.testing.wait_all_tasks_blocked()
+        await pg_store.append("counter-a", [ev(1)])
+    assert "stray callback failed" in caplog.text
+    assert "boom" in caplog.text
+
+
+async def test_transaction_rolls_back_on_error_and_commits_otherwise(
+    pg_store: PostgresEventStore,
+) -> None:
+    database: Database = pg_store.database
+    await database.execute("CREATE TABLE read_model (k text PRIMARY KEY, v int)")
+
+    async def write(conn: Connection, k: str, fail: bool) -> int:
+        await conn.execute("INSERT INTO read_model VALUES ($1, 1)", k)
+        if fail:
+            raise ValueError("projection bug")
+        return int(await conn.fetchval("SELECT count(*) FROM read_model"))
+
+    with trio.fail_after(10):
+        with pytest.raises(ValueError, match="projection bug"):
+            await database.transaction(write, "a", True)
+        assert await database.transaction(write, "b", False) == 1
+        rows = await database.fetch("SELECT k FROM read_model")
+    assert [r["k"] for r in rows] == ["b"]
+
+
+@attrs.define
+class LoseCommitReply:
+    """Stands in for the writer's connection; its COMMIT's answer never arrives.
+
+    ``commit`` says whether the COMMIT reached the server before the connection died.
+    """
+
+    conn: Any
+    commit: bool
+    fired: bool = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        if query == "COMMIT" and not self.fired:
+            self.fired = True
+            if self.commit:
+                await self.conn.execute(query)
+            self.conn.terminate()
+            raise ConnectionResetError("test: the COMMIT reply was lost")
+        return str(await self.conn.execute(query, *args))
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_a_batch_whose_commit_reply_is_lost_gets_its_true_outcome(
+    pg_store: PostgresEventStore, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    """Resolved with pg_xact_status: the caller hears "written", never "duplicate"."""
+    original_get = pg._WriterConnection.get
+    proxies: list[LoseCommitReply] = []
+
+    async def get(self: pg._WriterConnection) -> Any:
+        conn = await original_get(self)
+        if not proxies:
+            proxies.append(LoseCommitReply(conn, committed))
+            return proxies[0]
+        return conn
+
+    monkeypatch.setattr(pg._WriterConnection, "get", get)
+    event_id = uuid.uuid4()
+    with trio.fail_after(20):
+        result = await pg_store.append(
+            "phone-+15550001", [NewEvent("Received", {"x": 1}, event_id)], NO_STREAM
+        )
+        recorded = await pg_store.read_stream("phone-+15550001")
+    assert proxies
+    assert proxies[0].fired
+    assert not result.duplicate
+    assert result.version == 1
+    assert [e.event_id for e in recorded] == [event_id]
+    assert recorded[0].position == result.position
+    assert pg_store.statistics().duplicates == 0
