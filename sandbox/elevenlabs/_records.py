@@ -314,7 +314,9 @@ def batch_json(batch: BatchRecord) -> dict[str, Any]:
         "scheduled_time_unix": batch.scheduled_time_unix,
         "timezone": batch.timezone,
         "total_calls_dispatched": sum(
-            1 for r in recipients if r.status not in ("pending", "cancelled") or r.conversation_id
+            1
+            for r in recipients
+            if r.status not in ("pending", "cancelled") or r.conversation_id is not None
         ),
         "total_calls_scheduled": len(recipients),
         "total_calls_finished": sum(

@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+import httpx
 import trio
 
 from sandbox._http import serve_asgi
@@ -64,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_AGENT_ID = "agent_sandbox"
 DEFAULT_AGENT_NUMBER = "+15550100000"
+WEBHOOK_TIMEOUT_SECONDS = 10.0
 
 
 def _strings(value: Iterable[str]) -> frozenset[str]:
@@ -210,6 +212,7 @@ class ElevenLabsStandIn:
     _sequence: int = attrs.field(init=False, default=0)
     _next_connection_faults: list[Faults] = attrs.field(init=False, factory=list)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
+    _http: httpx.AsyncClient | None = attrs.field(init=False, default=None)
     _advance_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
 
     def __attrs_post_init__(self) -> None:
@@ -582,12 +585,14 @@ class ElevenLabsStandIn:
                 continue
             recipient.status = "cancelled"
             recipient.updated_at_unix = now
-            if recipient.conversation_id and recipient.conversation_id in self._calls:
-                self._calls[recipient.conversation_id].cancelled = True
-                record = self.conversations[recipient.conversation_id]
-                if record.status in ("initiated", "in-progress"):
-                    record.status = "failed"
-                    record.termination_reason = "Batch call cancelled"
+        for call in self._calls.values():
+            if call.batch_id != batch_id or call.cancelled:
+                continue
+            call.cancelled = True
+            record = self.conversations.get(call.conversation_id)
+            if record is not None and record.status in ("initiated", "in-progress"):
+                record.status = "failed"
+                record.termination_reason = "Batch call cancelled"
         batch.status = "cancelled"
         batch.last_updated_at_unix = now
         return batch
@@ -612,10 +617,10 @@ class ElevenLabsStandIn:
 
     def delete_batch(self, batch_id: str) -> None:
         """Delete the batch and its recipients; its conversations stay in history."""
-        batch = self.batch(batch_id)
-        for recipient in batch.recipients:
-            if recipient.conversation_id in self._calls:
-                self._calls[recipient.conversation_id].cancelled = True
+        self.batch(batch_id)
+        for call in self._calls.values():
+            if call.batch_id == batch_id:
+                call.cancelled = True
         del self.batches[batch_id]
 
     def _fill_slots(self, batch: BatchRecord) -> None:
@@ -641,7 +646,6 @@ class ElevenLabsStandIn:
                 whatsapp=recipient.phone_number is None,
                 batch=(batch.id, recipient.id),
             )
-            recipient.conversation_id = call.conversation_id
             self._start_call(
                 call,
                 batch=True,
@@ -689,6 +693,9 @@ class ElevenLabsStandIn:
             authorization_method="whatsapp" if call.whatsapp else "public",
         )
         self.conversations[call.conversation_id] = record
+        recipient = self._recipient(call)
+        if recipient is not None and recipient.status != "cancelled":
+            recipient.conversation_id = call.conversation_id
         self._set_recipient(call, "initiated")
 
     def _set_recipient(self, call: _PhoneCall, status: Any) -> None:
@@ -887,12 +894,27 @@ class ElevenLabsStandIn:
     # --- webhooks --------------------------------------------------------------------
 
     async def _deliver_all(self, jobs: list[WebhookJob]) -> None:
+        wanted = [
+            job
+            for job in jobs
+            if self.webhook_url is not None and EVENT_SETTING[job.event_type] in self.webhook_events
+        ]
+        if not wanted:
+            return
+        if self._http is not None:
+            await self._deliver_with(self._http, wanted)
+        else:  # driven without serve_elevenlabs: a client for this batch of jobs only
+            async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_SECONDS) as client:
+                await self._deliver_with(client, wanted)
+
+    async def _deliver_with(self, client: httpx.AsyncClient, jobs: list[WebhookJob]) -> None:
         for job in jobs:
             url = self.webhook_url
-            if url is None or EVENT_SETTING[job.event_type] not in self.webhook_events:
-                continue
+            if url is None:
+                return
             copies = 2 if self.faults_for_agent(job.agent_id).duplicate_webhooks else 1
             await deliver(
+                client,
                 job,
                 url=url,
                 secret=self.webhook_secret,
@@ -913,8 +935,12 @@ async def serve_elevenlabs(
     Background work (webhooks after a session ends) runs in a nursery owned by this block.
     """
     standin = standin if standin is not None else ElevenLabsStandIn()
-    async with trio.open_nursery() as nursery:
+    async with (
+        httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_SECONDS) as http,
+        trio.open_nursery() as nursery,
+    ):
         standin._nursery = nursery
+        standin._http = http
         try:
             async with serve_asgi(standin.app, host, port) as base_url:
                 standin.base_url = base_url
@@ -924,4 +950,5 @@ async def serve_elevenlabs(
                     standin.base_url = None
         finally:
             standin._nursery = None
+            standin._http = None
             nursery.cancel_scope.cancel()

@@ -78,6 +78,7 @@ class WebhookDelivery:
 
 
 async def deliver(
+    client: httpx.AsyncClient,
     job: WebhookJob,
     *,
     url: str,
@@ -86,7 +87,6 @@ async def deliver(
     copies: int,
     wall_clock: Callable[[], float],
     record: Callable[[WebhookDelivery], None],
-    request_timeout: float = 10.0,
 ) -> None:
     """POST ``job`` to ``url`` ``copies`` times, each retried after ``retry_delays`` on non-200.
 
@@ -95,34 +95,33 @@ async def deliver(
     minutes). Without a secret the header is omitted, like an unauthenticated webhook.
     """
     body = envelope(job.event_type, job.event_timestamp, job.data)
-    async with httpx.AsyncClient(timeout=request_timeout) as client:
-        for copy in range(1, copies + 1):
-            for attempt, delay in enumerate([0.0, *retry_delays], start=1):
-                if delay:
-                    await trio.sleep(delay)
-                signature = sign(body, secret, int(wall_clock())) if secret else ""
-                headers = {"content-type": "application/json"}
-                if signature:
-                    headers["ElevenLabs-Signature"] = signature
-                status: int | None = None
-                error: str | None = None
-                try:
-                    response = await client.post(url, content=body.encode(), headers=headers)
-                    status = response.status_code
-                except httpx.HTTPError as exc:
-                    error = type(exc).__name__
-                    logger.info("webhook %s attempt %d failed: %s", job.event_type, attempt, error)
-                record(
-                    WebhookDelivery(
-                        job.event_type,
-                        job.conversation_id,
-                        attempt,
-                        copy,
-                        status,
-                        error,
-                        body,
-                        signature,
-                    )
+    for copy in range(1, copies + 1):
+        for attempt, delay in enumerate([0.0, *retry_delays], start=1):
+            if delay:
+                await trio.sleep(delay)
+            signature = sign(body, secret, int(wall_clock())) if secret else ""
+            headers = {"content-type": "application/json"}
+            if signature:
+                headers["ElevenLabs-Signature"] = signature
+            status: int | None = None
+            error: str | None = None
+            try:
+                response = await client.post(url, content=body.encode(), headers=headers)
+                status = response.status_code
+            except httpx.HTTPError as exc:
+                error = type(exc).__name__
+                logger.info("webhook %s attempt %d failed: %s", job.event_type, attempt, error)
+            record(
+                WebhookDelivery(
+                    job.event_type,
+                    job.conversation_id,
+                    attempt,
+                    copy,
+                    status,
+                    error,
+                    body,
+                    signature,
                 )
-                if status == 200:
-                    break
+            )
+            if status == 200:
+                break
