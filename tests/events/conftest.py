@@ -1,13 +1,20 @@
 """PostgreSQL fixtures for the event store's own tests.
 
-Each test gets a fresh schema (``pg_schema`` from tests/conftest.py drops it) and an
-``application_name`` of its own, so terminating "every aftercall connection" of a test
-never touches the connections of another test or of another engineer's run.
+Each test gets a fresh schema and an ``application_name`` of its own, so terminating
+"every aftercall connection" of a test never touches the connections of another test or
+of another engineer's run.
+
+``pg_schema`` is overridden here: the session fixture in tests/conftest.py drops every
+``aftercall_test_%`` schema when a session starts and ends, which removes the schemas of
+any *other* pytest run on the same server mid-test. These schemas carry the pid of the
+run that made them instead, and only those of runs that are gone are swept.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import trio
@@ -16,6 +23,40 @@ from events.postgres import PostgresEventStore, open_postgres_store
 from tests.postgres_server import PostgresServer, psql
 
 Terminate = Callable[..., Awaitable[int]]
+
+
+SCHEMA_PREFIX = "aftercall_pg_"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture(scope="session")
+def _swept(postgres: PostgresServer) -> None:
+    """Drop the schemas left by earlier runs of these tests that were interrupted."""
+    names = psql(
+        postgres.dsn,
+        f"SELECT nspname FROM pg_namespace WHERE starts_with(nspname, '{SCHEMA_PREFIX}')",
+    ).split()
+    for name in names:
+        pid = name.removeprefix(SCHEMA_PREFIX).split("_", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            psql(postgres.dsn, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def pg_schema(postgres: PostgresServer, _swept: None) -> Iterator[str]:
+    """A fresh schema name for one test; the store creates it, the fixture drops it."""
+    schema = f"{SCHEMA_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    yield schema
+    psql(postgres.dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture
