@@ -1,4 +1,4 @@
-"""Faults the REST API can be told to commit: 429, 5xx, slow answers, dropped connections.
+"""Faults the REST API can be told to commit: 429, 5xx, slow or held answers, dropped connections.
 
 A fault is armed for the next N API requests, or for the requests about one phone (the
 ``To`` of a create, or the ``To`` filter of a list). The control API (``/_sandbox/…``) is
@@ -47,7 +47,7 @@ class Fault:
     ``Fault.server_error(503)``, ``Fault.slow(20.0)``, ``Fault.dropped()``.
     """
 
-    kind: Literal["http", "slow", "drop"]
+    kind: Literal["http", "slow", "drop", "answer_delayed"]
     status: int | None = None
     retry_after: int | None = None
     seconds: float = 0.0
@@ -67,6 +67,16 @@ class Fault:
     def slow(cls, seconds: float) -> Fault:
         """Answer normally, but only after ``seconds`` on trio's clock."""
         return cls(kind="slow", seconds=seconds)
+
+    @classmethod
+    def answer_delayed(cls, seconds: float) -> Fault:
+        """Do the request at once, but hold its answer back for ``seconds``.
+
+        What a client sees when Twilio has accepted a message and the response is lost or
+        late: the message exists although the sender never learnt its sid. The case the
+        outbox's look-up-before-resend exists for.
+        """
+        return cls(kind="answer_delayed", seconds=seconds)
 
     @classmethod
     def dropped(cls) -> Fault:
@@ -160,6 +170,17 @@ def faulting(app: ASGIApp, plan: FaultPlan) -> ASGIApp:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
+        if fault is not None and fault.kind == "answer_delayed":
+            held: list[Message] = []
+
+            async def hold(message: Message) -> None:
+                held.append(message)
+
+            await app(scope, replay, hold)
+            await trio.sleep(fault.seconds)
+            for message in held:
+                await send(message)
+            return
         await app(scope, replay, send)
 
     return wrapped

@@ -98,6 +98,7 @@ class TwilioStandIn:
     channel_install_sid: str = attrs.Factory(lambda: new_sid("XE"))
     last_inbound: dict[str, float] = attrs.Factory(dict)
     base_url: str | None = attrs.field(default=None, init=False)
+    _arrived: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     app: ASGIApp = attrs.field(init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
     _http: httpx.AsyncClient | None = attrs.field(default=None, init=False, repr=False)
@@ -239,9 +240,23 @@ class TwilioStandIn:
             status_callback=request.status_callback,
         )
         self.messages[record.sid] = record
+        self._outbound_arrived()
         closed = request.is_free_form and not self.window_open(request.to)
         nursery.start_soon(self._live, record.sid, closed)
         return record
+
+    async def wait_received(self, phone: str, count: int = 1) -> list[MessageRecord]:
+        """Wait until ``phone`` has received at least ``count`` messages; return them.
+
+        Woken by every outbound message, so tests and benchmarks wait without polling.
+        """
+        while len(received := self.received(phone)) < count:
+            await self._arrived.wait()
+        return received
+
+    def _outbound_arrived(self) -> None:
+        self._arrived.set()
+        self._arrived = trio.Event()
 
     def _record_replies(self, user: str, answer: str) -> None:
         _, nursery = self._serving()
@@ -261,6 +276,7 @@ class TwilioStandIn:
                 status_callback=reply.status_callback,
             )
             self.messages[record.sid] = record
+            self._outbound_arrived()
             nursery.start_soon(self._live, record.sid, False)
 
     def _media_url(self, item: StoredMedia) -> str:

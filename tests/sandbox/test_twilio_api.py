@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from email.utils import parsedate_to_datetime
+from functools import partial
 
 import httpx
 import pytest
@@ -305,3 +306,19 @@ async def test_control_api_arms_and_clears_faults_and_is_never_faulted() -> None
     assert (faulted.status_code, faulted.headers["retry-after"]) == (429, "2")
     assert bad.status_code == 400
     assert cleared.status_code == 201
+
+
+async def test_answer_delayed_creates_the_message_before_answering() -> None:
+    """The fault behind the outbox test: Twilio has the message, the client has no answer."""
+    async with serve_twilio(TwilioStandIn()) as tw:
+        tw.last_inbound["+15550001111"] = tw.clock.now()
+        tw.inject(Fault.answer_delayed(30.0))
+        url = f"{tw.base_url}/2010-04-01/Accounts/{tw.account_sid}/Messages.json"
+        form = {"To": "whatsapp:+15550001111", "From": tw.whatsapp_from, "Body": "hi"}
+        async with httpx.AsyncClient(auth=(tw.account_sid, tw.auth_token)) as http:
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(http.post, url, data=form))
+                    [message] = await tw.wait_received("+15550001111")
+                    assert message.body == "hi"
+                    nursery.cancel_scope.cancel()  # the client gives up on the answer

@@ -1,0 +1,286 @@
+"""How fast aftercall answers WhatsApp messages, and what it adds to the agent's time.
+
+Run by hand (never in the tests)::
+
+    .venv/bin/python -m benchmarks.conversation [--conversations 50 500] [--seconds 20]
+        [--status-callbacks] [--profile] [--dsn postgresql://postgres@127.0.0.1:5432/test]
+
+What runs where:
+- aftercall runs as production runs it, ``hypercorn -k trio web.app:app`` in its own process,
+  on PostgreSQL (a fresh database, ``aftercall_bench``), with the default settings.
+- This process runs the ElevenLabs and Twilio stand-ins (an agent that answers at once) and
+  the load: N simulated WhatsApp users, each sending a message, waiting for the answer to
+  reach their phone, and sending the next (closed loop), for a fixed time.
+
+What is measured, from aftercall's own event log after the run:
+- added latency: for each answer, (Twilio request started - inbound webhook received) -
+  agent time. That is everything aftercall itself does: the webhook, the append, waking the
+  actor, folding, the agent round trip's overhead, the reply intent, the Twilio call set-up.
+- throughput: inbound messages answered per second over the measured window.
+- exactly once: every MessageReceived is answered by exactly one reply that was sent, and
+  the stand-in's phones received exactly as many messages as were answered.
+
+The baseline printed beside it is the machine's ceiling for the webhook alone
+(../shared/notes/stack.md: a bare signed-webhook handler under Hypercorn tops out near
+1,570 requests/s): every message costs aftercall that, plus a Twilio request, plus a
+WebSocket turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from events.postgres import open_postgres_store
+from events.store import RecordedEvent
+from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
+from sandbox.twilio import TwilioStandIn, serve_twilio
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+BENCH_DB = "aftercall_bench"
+WEBHOOK_CEILING = 1570  # requests/s, bare signed webhook handler (notes/stack.md)
+
+
+@attrs.define
+class RunResult:
+    conversations: int
+    seconds: float
+    sent: int
+    answered: int
+    added_ms: list[float]
+    agent_ms: list[float]
+    duplicates: int
+    unanswered: int
+    phones_received: int
+    profile: str | None = None
+
+
+class CountingTwilio(TwilioStandIn):
+    """The Twilio stand-in, telling the load generator when a phone receives a message."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.arrived: dict[str, trio.Event] = {}
+
+    def create_message(self, request: Any) -> Any:
+        record = super().create_message(request)
+        event = self.arrived.pop(record.to.removeprefix("whatsapp:"), None)
+        if event is not None:
+            event.set()
+        return record
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _psql(dsn: str, sql: str) -> None:
+    subprocess.run(["psql", dsn, "-qAtc", sql], check=True, capture_output=True, timeout=120)
+
+
+def _fresh_database(base_dsn: str) -> str:
+    _psql(base_dsn, f"DROP DATABASE IF EXISTS {BENCH_DB}")
+    _psql(base_dsn, f"CREATE DATABASE {BENCH_DB}")
+    return base_dsn.rsplit("/", 1)[0] + "/" + BENCH_DB
+
+
+async def _wait_ready(url: str) -> None:
+    async with httpx.AsyncClient() as http:
+        with trio.fail_after(60):
+            while True:
+                try:
+                    if (await http.get(f"{url}/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.1)  # a process we started: nothing else can tell us
+
+
+async def run_once(
+    conversations: int, seconds: float, dsn: str, callbacks: bool, profile: bool
+) -> RunResult:
+    port = _free_port()
+    public = f"http://127.0.0.1:{port}"
+    twilio = CountingTwilio(status_callbacks=callbacks, read_receipts=callbacks)
+    async with serve_elevenlabs(ElevenLabsStandIn()) as el, serve_twilio(twilio) as tw:
+        tw.webhook_url = f"{public}/webhooks/twilio/whatsapp"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AFTERCALL_")},
+            "DATABASE_URL": dsn,
+            "PUBLIC_BASE_URL": public,
+            "ELEVENLABS_BASE_URL": str(el.base_url),
+            "DEFAULT_AGENT_ID": DEFAULT_AGENT_ID,
+            "TWILIO_API_BASE_URL": str(tw.base_url),
+            "TWILIO_ACCOUNT_SID": tw.account_sid,
+            "TWILIO_AUTH_TOKEN": tw.auth_token,
+            "TWILIO_WHATSAPP_FROM": tw.whatsapp_from,
+        }
+        command = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "0",
+                   "--bind", f"127.0.0.1:{port}", "web.app:app"]  # fmt: skip
+        profile_path = Path(tempfile.mkdtemp()) / "profile.txt"
+        if profile and shutil.which("py-spy"):
+            command = ["py-spy", "record", "--format", "raw", "--rate", "200",
+                       "-o", str(profile_path), "--", *command]  # fmt: skip
+        server = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            await _wait_ready(public)
+            phones = [f"+1555{7000000 + i:07d}" for i in range(conversations)]
+            sent = 0
+            deadline = trio.current_time() + seconds
+            started = time.monotonic()
+
+            async def user(phone: str) -> None:
+                nonlocal sent
+                i = 0
+                while trio.current_time() < deadline:
+                    arrived = trio.Event()
+                    tw.arrived[phone] = arrived
+                    await tw.user_says(phone, f"question {i} from {phone}")
+                    sent += 1
+                    i += 1
+                    with trio.move_on_after(30):
+                        await arrived.wait()
+
+            async with trio.open_nursery() as nursery:
+                for phone in phones:
+                    nursery.start_soon(user, phone)
+            elapsed = time.monotonic() - started
+        finally:
+            os.killpg(server.pid, signal.SIGINT if profile else signal.SIGTERM)
+            server.wait(60)
+        received = sum(len(tw.received(p)) for p in phones)
+    result = await _analyse(dsn, conversations, elapsed, sent, received)
+    if profile and profile_path.exists():
+        result.profile = _top_frames(profile_path)
+    return result
+
+
+async def _analyse(
+    dsn: str, conversations: int, elapsed: float, sent: int, received: int
+) -> RunResult:
+    async with open_postgres_store(dsn) as store:
+        events: list[RecordedEvent] = []
+        position = 0
+        while batch := await store.read_all(after=position, limit=10_000, category="phone"):
+            events.extend(batch)
+            position = batch[-1].position
+    received_at: dict[str, datetime] = {}
+    turns: dict[str, float] = {}
+    replies: dict[str, dict[str, Any]] = {}
+    sent_replies: dict[str, dict[str, Any]] = {}
+    answered_by: dict[str, int] = defaultdict(int)
+    for event in events:
+        data = event.data
+        if event.type == "MessageReceived":
+            received_at[data["message_sid"]] = datetime.fromisoformat(data["received_at"])
+        elif event.type == "AgentAnswered":
+            turns[data["turn_id"]] = data["agent_seconds"]
+        elif event.type == "ReplyRequested":
+            replies[data["reply_id"]] = data
+            for sid in data["in_reply_to"]:
+                answered_by[sid] += 1
+        elif event.type == "ReplySent" and data["part"] == 0:
+            sent_replies[data["reply_id"]] = data
+    added: list[float] = []
+    agent: list[float] = []
+    for reply_id, outcome in sent_replies.items():
+        request = replies[reply_id]
+        if request["kind"] != "agent" or not outcome.get("send_started_at"):
+            continue
+        inbound = max(received_at[sid] for sid in request["in_reply_to"])
+        agent_s = turns.get(request["turn_id"], 0.0)
+        start = datetime.fromisoformat(outcome["send_started_at"])
+        added.append(((start - inbound).total_seconds() - agent_s) * 1000)
+        agent.append(agent_s * 1000)
+    unanswered = sum(1 for sid in received_at if answered_by.get(sid, 0) == 0)
+    duplicates = sum(1 for count in answered_by.values() if count > 1)
+    answered = sum(
+        1
+        for reply_id, request in replies.items()
+        if request["kind"] == "agent" and reply_id in sent_replies
+    )
+    first_messages = sum(1 for r in replies.values() if r["kind"] == "first_message")
+    return RunResult(
+        conversations, elapsed, sent, answered, added, agent, duplicates, unanswered,
+        received - first_messages,
+    )  # fmt: skip
+
+
+def _top_frames(path: Path, top: int = 15) -> str:
+    """Self time by function from py-spy's raw (collapsed stack) output."""
+    own: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frame = stack.split(";")[-1]
+        own[frame] += int(count)
+        total += int(count)
+    rows = sorted(own.items(), key=lambda item: -item[1])[:top]
+    return "\n".join(f"  {100 * n / total:5.1f}%  {frame}" for frame, n in rows)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conversations", type=int, nargs="+", default=[50, 500])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--dsn", default=BASE_DSN, help="any database on the server to use")
+    parser.add_argument("--status-callbacks", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="py-spy the aftercall process")
+    args = parser.parse_args()
+    results = []
+    for n in args.conversations:
+        dsn = _fresh_database(args.dsn)
+        results.append(
+            trio.run(run_once, n, args.seconds, dsn, args.status_callbacks, args.profile)
+        )
+    print(f"\naftercall conversation benchmark (PostgreSQL, status callbacks "
+          f"{'on' if args.status_callbacks else 'off'}, {args.seconds:g} s per row)")  # fmt: skip
+    print(f"baseline: bare signed webhook handler ceiling on this machine "
+          f"~{WEBHOOK_CEILING} req/s")  # fmt: skip
+    header = (f"{'conversations':>13} {'msgs/s':>8} {'answered':>9} {'added p50':>10} "
+              f"{'added p99':>10} {'agent p50':>10} {'dup':>4} {'lost':>5} {'at phones':>9}")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(f"{r.conversations:>13} {r.answered / r.seconds:>8.0f} {r.answered:>9} "
+              f"{_pct(r.added_ms, 0.5):>8.1f}ms {_pct(r.added_ms, 0.99):>8.1f}ms "
+              f"{_pct(r.agent_ms, 0.5):>8.1f}ms {r.duplicates:>4} {r.unanswered:>5} "
+              f"{r.phones_received:>9}")  # fmt: skip
+    for r in results:
+        if r.profile:
+            print(
+                f"\nwhere aftercall's CPU goes ({r.conversations} conversations, py-spy self time):"
+            )
+            print(r.profile)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Kill aftercall between "reply requested" and "reply sent"; exactly one reply arrives.
+
+aftercall runs as production runs it (``hypercorn -k trio web.app:app`` in its own
+process), against stand-ins in the test process, on a SQLite log both processes read. The
+first process is killed with SIGKILL while its Twilio request is in flight; the second
+starts on the same log, finds the intent without an outcome, looks the message up in
+Twilio and records it instead of sending it again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import trio
+
+from events.calls import CallCompleted, call_event_id
+from events.codec import to_new_event
+from events.conversation import ReplyRequested, phone_stream
+from events.sqlite import SQLiteEventStore, open_sqlite_store
+from sandbox.elevenlabs import DEFAULT_AGENT_ID, serve_elevenlabs
+from sandbox.twilio import Fault, serve_twilio
+from tests.e2e.harness import free_port
+
+PHONE = "+15551239999"
+
+
+def _env(data_dir: Path, port: int, el_url: str, tw: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(
+        {
+            "AFTERCALL_DATA_DIR": str(data_dir),
+            "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+            "ELEVENLABS_BASE_URL": el_url,
+            "DEFAULT_AGENT_ID": DEFAULT_AGENT_ID,
+            "TWILIO_API_BASE_URL": str(tw.base_url),  # type: ignore[attr-defined]
+            "TWILIO_ACCOUNT_SID": tw.account_sid,  # type: ignore[attr-defined]
+            "TWILIO_AUTH_TOKEN": tw.auth_token,  # type: ignore[attr-defined]
+            "TWILIO_WHATSAPP_FROM": tw.whatsapp_from,  # type: ignore[attr-defined]
+        }
+    )
+    return env
+
+
+def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Its own process group: Hypercorn runs the app in a worker child, and a kill must take
+    # the whole server down at once, as a crash or an OOM kill of the container would.
+    return subprocess.Popen(command, env=env, cwd=Path(__file__).parents[2], start_new_session=True)
+
+
+def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+    process.wait(20)
+
+
+async def _wait_for(store: SQLiteEventStore, type_: str) -> list[str]:
+    """The phone's event types once ``type_`` is among them (written by another process:
+    the SQLite store notices foreign commits on its poll interval)."""
+    with trio.fail_after(30):
+        while True:
+            head = await store.head()
+            types = [e.type for e in await store.read_stream(phone_stream(PHONE))]
+            if type_ in types:
+                return types
+            await store.wait_for_events(head)
+
+
+def _hypercorn(port: int) -> list[str]:
+    return [sys.executable, "-m", "hypercorn", "-k", "trio", "--bind", f"127.0.0.1:{port}",
+            "web.app:app"]  # fmt: skip
+
+
+async def test_kill_between_requested_and_sent_gives_one_reply(tmp_path: Path) -> None:
+    port = free_port()
+    async with (
+        open_sqlite_store(tmp_path / "events.sqlite3", poll_interval=0.05) as store,
+        serve_elevenlabs() as el,
+        serve_twilio() as tw,
+    ):
+        call = CallCompleted("conv_restart", DEFAULT_AGENT_ID, PHONE, "We talked about tea.")
+        await store.append(
+            phone_stream(PHONE), [to_new_event(call, event_id=call_event_id("conv_restart"))]
+        )
+        # Twilio takes the first message at once but its answer is held back: the process
+        # is killed while it waits, with the message at Twilio and no outcome in the log.
+        tw.inject(Fault.answer_delayed(30.0), times=1)
+        env = _env(tmp_path, port, str(el.base_url), tw)
+        first = _start(_hypercorn(port), env)
+        try:
+            await _wait_for(store, "ReplyRequested")
+            with trio.fail_after(30):
+                await tw.wait_received(PHONE)
+        finally:
+            _stop(first, signal.SIGKILL)
+        assert "ReplySent" not in [e.type for e in await store.read_stream(phone_stream(PHONE))]
+
+        second = _start(_hypercorn(port), env)
+        try:
+            await _wait_for(store, "ReplySent")
+        finally:
+            _stop(second, signal.SIGTERM)
+        [message] = tw.received(PHONE)
+        records = await store.read_stream(phone_stream(PHONE))
+        [sent] = [r for r in records if r.type == "ReplySent"]
+        assert sent.data["reconciled"] is True
+        assert sent.data["message_sid"] == message.sid
+
+
+async def test_restart_with_an_unsent_intent_sends_it_once(tmp_path: Path) -> None:
+    """The other side of the race: the process died before Twilio got the request."""
+    port = free_port()
+    async with (
+        open_sqlite_store(tmp_path / "events.sqlite3", poll_interval=0.05) as store,
+        serve_elevenlabs() as el,
+        serve_twilio() as tw,
+    ):
+        call = CallCompleted("conv_unsent", DEFAULT_AGENT_ID, PHONE, "We talked about tea.")
+        intent = ReplyRequested(
+            "r-unsent", "first_message", ("Hello after the crash",), datetime.now(UTC),
+            call_conversation_id="conv_unsent",
+        )  # fmt: skip
+        await store.append(
+            phone_stream(PHONE),
+            [to_new_event(call, event_id=call_event_id("conv_unsent")), to_new_event(intent)],
+        )
+        process = _start(_hypercorn(port), _env(tmp_path, port, str(el.base_url), tw))
+        try:
+            await _wait_for(store, "ReplySent")
+        finally:
+            _stop(process, signal.SIGTERM)
+        assert [m.body for m in tw.received(PHONE)] == ["Hello after the crash"]
