@@ -160,17 +160,16 @@ def split_message(text: str, limit: int = BODY_LIMIT) -> list[str]:
     Each part is stripped of surrounding whitespace; the text inside a part is untouched.
     Greedy, so the number of parts is small, and linear in the length of ``text``.
 
+    Empty or whitespace-only text has no parts (``[]``): there is nothing to send, and the
+    caller must choose what to say instead (the fallback message).
+
     Raises:
-        EmptyMessage: ``text`` is empty or whitespace only; there is nothing to send and
-            the caller must choose what to say instead (the fallback message).
         ValueError: ``limit`` is below 2 (one character can take two UTF-16 units).
     """
     if limit < 2:
         raise ValueError(f"limit must be at least 2, got {limit}")
     parts: list[str] = []
     start, end_of_text = _skip_space(text, 0), len(text.rstrip())
-    if start >= end_of_text:
-        raise EmptyMessage("refusing to split an empty or whitespace-only message")
     while start < end_of_text:
         window_end = _window_end(text, start, end_of_text, limit)
         fits = window_end == end_of_text
@@ -281,7 +280,10 @@ def plan_reply(
     """
     if not window_is_open and template is not None:
         return ReplyPlan(template=template)
-    return ReplyPlan(parts=tuple(split_message(text, limit)))
+    parts = tuple(split_message(text, limit))
+    if not parts:
+        raise EmptyMessage("refusing to plan an empty or whitespace-only reply")
+    return ReplyPlan(parts=parts)
 
 
 def content_variables_json(variables: Mapping[str, str]) -> str:

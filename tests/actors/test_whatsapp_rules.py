@@ -135,10 +135,9 @@ def test_text_at_the_limit_is_not_split() -> None:
     assert split_message(text) == [text]
 
 
-@pytest.mark.parametrize("text", ["", "   ", "\n\n"])
-def test_split_refuses_empty_text(text: str) -> None:
-    with pytest.raises(EmptyMessage):
-        split_message(text)
+@pytest.mark.parametrize("text", ["", "   ", "\n\n", "\u00a0\t"])
+def test_empty_text_has_no_parts(text: str) -> None:
+    assert split_message(text) == []
 
 
 def test_split_refuses_a_limit_too_small_for_one_character() -> None:
