@@ -369,7 +369,8 @@ class WhatsAppSender:
         body: str | None = None,
         content_sid: str | None = None,
     ) -> list[SentMessage]:
-        """The messages we sent to ``to_phone`` at or after ``since``, oldest first.
+        """The messages we sent to ``to_phone`` at or after ``since``, oldest first (to the
+        second: Twilio's dates have whole seconds, ties are ordered by SID).
 
         For the outbox: an intent recorded without an outcome is looked up here before it
         is sent again. Pass the intent's recorded time minus a margin for the difference
