@@ -82,6 +82,32 @@ def signed_url_endpoint(base_url: str) -> str:
     return base_url.rstrip("/") + "/v1/convai/conversation/get-signed-url"
 
 
+@attrs.frozen
+class WebSocketTarget:
+    """Where a ``ws``/``wss`` URL points: what to connect to and what to ask for."""
+
+    host: str
+    port: int
+    resource: str
+    secure: bool
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == (443 if self.secure else 80) else f"{host}:{self.port}"
+
+
+def websocket_target(url: str) -> WebSocketTarget:
+    """Split a WebSocket URL the way trio-websocket's ``connect_websocket_url`` does (an
+    empty path is ``/``; the query, signature included, is part of the resource)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws(s) URL: {redact_url(url)!r}")
+    secure = parts.scheme == "wss"
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return WebSocketTarget(parts.hostname, parts.port or (443 if secure else 80), resource, secure)
+
+
 def redact_url(url: str) -> str:
     """A URL safe to log or put in an error: no query string, no user info.
 
@@ -94,6 +120,15 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     suffix = "?..." if parts.query else ""
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", "")) + suffix
+
+
+_SIGNATURE = re.compile(r"(conversation_signature|token)=[^&\s'\"]+")
+
+
+def redact_signatures(text: str) -> str:
+    """``text`` with every signed-URL credential (``conversation_signature=...``, and the
+    obsolete ``token=...``) replaced by ``***``."""
+    return _SIGNATURE.sub(r"\1=***", text)
 
 
 # --- client -> server frames (§1.3) ---------------------------------------------------------
@@ -400,6 +435,27 @@ _PARSERS: Mapping[str, _Parser] = {
     ),
     "agent_response_complete": _response_complete,
     "error": _error,
+}
+
+
+def frame_type(frame: ServerFrame) -> str | None:
+    """The wire ``type`` a parsed frame came with (``None`` for frames without one)."""
+    if isinstance(frame, Ignored):
+        return frame.type
+    if isinstance(frame, ToolActivity):
+        return f"agent_tool_{frame.kind}"
+    return _WIRE_TYPES[type(frame)]
+
+
+_WIRE_TYPES: Mapping[type, str] = {
+    Metadata: "conversation_initiation_metadata",
+    Ping: "ping",
+    AgentResponse: "agent_response",
+    ResponsePart: "agent_chat_response_part",
+    Correction: "agent_response_correction",
+    ClientToolCall: "client_tool_call",
+    ResponseComplete: "agent_response_complete",
+    ServerError: "error",
 }
 
 TurnFrame = (

@@ -10,18 +10,19 @@ The wire rules (frames, folding a turn, close codes) are plain functions in
 ``actors._agent_protocol``; this module is the I/O around them: the signed URL over httpx, the
 WebSocket over trio-websocket, and the trio clock for timeouts and latency.
 
-Structure: ``open`` starts one host task in the owner's nursery. The host task opens a
-private nursery for trio-websocket's reader task, so a refused handshake (which
-trio-websocket raises from its reader task) becomes an ``AgentUnavailable`` from ``open``
-instead of an exception in the actor's nursery. The host task answers pings, refuses tool
-calls and feeds turn frames to the waiting ``ask``; it ends when the socket closes, and is
-cancelled with its owner.
+Structure: ``open`` starts one host task in the owner's nursery. The host task owns the
+TCP stream and a private nursery for trio-websocket's reader task, so a refused handshake
+(which trio-websocket raises from its reader task) becomes an ``AgentUnavailable`` from
+``open`` instead of an exception in the actor's nursery, and the socket is closed on every
+path. The host task answers pings, refuses tool calls and feeds turn frames to the waiting
+``ask``; it ends when the socket closes, and is cancelled with its owner.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,8 @@ MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
 #: How long ``aclose`` (and the end of an abandoned turn) waits for the close handshake.
 CLOSE_TIMEOUT = 2.0
+
+_Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
 #: HTTP statuses worth another attempt later: busy, overloaded, or a gateway in between.
 _RETRYABLE_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
@@ -276,6 +279,8 @@ class AgentSession:
         is how a missing override permission or dynamic variable shows).
         """
         url = await _session_url(http, config)
+        if config.api_key is not None:
+            _keep_signatures_out_of_library_logs()
         session = cls(config)
         await nursery.start(session._host, url)
         if config.first_message_wait > 0:
@@ -286,12 +291,19 @@ class AgentSession:
         return session
 
     async def _host(self, url: str, *, task_status: trio.TaskStatus[None]) -> None:
+        target = proto.websocket_target(url)
+        stream: _Stream | None = None
         started = False
         try:
             async with trio.open_nursery() as connection_nursery:
                 with trio.fail_after(self._config.connect_timeout):
-                    self._ws = await trio_websocket.connect_websocket_url(
-                        connection_nursery, url, max_message_size=MAX_MESSAGE_SIZE
+                    stream = await _open_stream(target)
+                    self._ws = await trio_websocket.wrap_client_stream(
+                        connection_nursery,
+                        stream,
+                        target.host_header,
+                        target.resource,
+                        max_message_size=MAX_MESSAGE_SIZE,
                     )
                     await self._handshake(self._ws)
                 started = True
@@ -307,8 +319,8 @@ class AgentSession:
                 raise failure from None
             self._record_close(None, str(failure))
         finally:
-            if self._ws is not None:
-                await _release_transport(self._ws)
+            if stream is not None:
+                await stream.aclose()
             self._finished.set()
             self._wake_waiters()
 
@@ -676,24 +688,48 @@ def _close_args(closed: trio_websocket.ConnectionClosed) -> tuple[int | None, st
     return int(closed.reason.code), closed.reason.reason
 
 
-async def _release_transport(ws: trio_websocket.WebSocketConnection) -> None:
-    """Close the TCP stream under a finished connection.
+async def _open_stream(target: proto.WebSocketTarget) -> _Stream:
+    """The TCP (or TLS) stream under the WebSocket, opened here so the session owns it.
 
-    trio-websocket 0.12 closes it only on the server side, or when the client starts the
-    close: after a server-initiated close (ElevenLabs' usual way to end a session) the
-    client's socket stays open until the garbage collector closes it with a
-    ``ResourceWarning``. The library keeps the stream in ``_stream`` and offers no public
-    way to release it; the version is pinned below 0.13.
+    trio-websocket's ``connect_websocket_url`` opens the stream itself and never closes it
+    when the handshake is refused or when the server starts the close (ElevenLabs' usual way
+    to end a session): the socket is left to the garbage collector and a ``ResourceWarning``.
+    Opening it here and handing it to ``wrap_client_stream`` (what ``connect_websocket_url``
+    does inside) lets the host task close it on every path.
     """
-    stream = getattr(ws, "_stream", None)
-    if isinstance(stream, trio.abc.AsyncResource):
-        await stream.aclose()
+    if target.secure:
+        return await trio.open_ssl_over_tcp_stream(
+            target.host,
+            target.port,
+            ssl_context=ssl.create_default_context(),
+            https_compatible=True,
+        )
+    return await trio.open_tcp_stream(target.host, target.port)
+
+
+class _SignatureRedactor(logging.Filter):
+    """Rewrites records that would show a signed URL's ``conversation_signature``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = proto.redact_signatures(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _keep_signatures_out_of_library_logs() -> None:
+    """trio-websocket logs the full URL it connects to at DEBUG; a signed URL grants a session
+    for 15 minutes, so that line is redacted. Installed once, on the library's logger."""
+    library = logging.getLogger("trio-websocket")
+    if not any(isinstance(existing, _SignatureRedactor) for existing in library.filters):
+        library.addFilter(_SignatureRedactor())
 
 
 def _describe(frame: proto.ServerFrame) -> str:
-    if isinstance(frame, proto.Ignored):
-        return f"{frame.type!r} ({frame.why})" if frame.type else f"a frame ({frame.why})"
-    return type(frame).__name__
+    wire_type = proto.frame_type(frame)
+    shown = f"a {wire_type!r} frame" if wire_type else "a frame without a type"
+    return f"{shown} ({frame.why})" if isinstance(frame, proto.Ignored) else shown
 
 
 def _connection_failure(

@@ -54,6 +54,46 @@ def test_redact_url_drops_the_signature_and_credentials() -> None:
     assert redacted == "wss://api.elevenlabs.io:443/v1/convai/conversation?..."
 
 
+@pytest.mark.parametrize(
+    ("url", "target", "host_header"),
+    [
+        (
+            "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a&conversation_signature=s",
+            proto.WebSocketTarget(
+                "api.elevenlabs.io",
+                443,
+                "/v1/convai/conversation?agent_id=a&conversation_signature=s",
+                secure=True,
+            ),
+            "api.elevenlabs.io",
+        ),
+        (
+            "ws://127.0.0.1:8123/v1/convai/conversation?agent_id=a",
+            proto.WebSocketTarget("127.0.0.1", 8123, "/v1/convai/conversation?agent_id=a", False),
+            "127.0.0.1:8123",
+        ),
+        ("ws://[::1]", proto.WebSocketTarget("::1", 80, "/", False), "[::1]"),
+    ],
+)
+def test_websocket_target(url: str, target: proto.WebSocketTarget, host_header: str) -> None:
+    assert proto.websocket_target(url) == target
+    assert target.host_header == host_header
+
+
+def test_websocket_target_refuses_other_schemes_without_showing_the_query() -> None:
+    with pytest.raises(ValueError, match="not a ws") as refused:
+        proto.websocket_target("https://h/x?conversation_signature=secret")
+    assert "secret" not in str(refused.value)
+
+
+def test_redact_signatures_in_free_text() -> None:
+    text = "Connecting to ws://h:1/v1/convai/conversation?agent_id=a&conversation_signature=cvtkn_1"
+    assert proto.redact_signatures(text) == (
+        "Connecting to ws://h:1/v1/convai/conversation?agent_id=a&conversation_signature=***"
+    )
+    assert proto.redact_signatures("x?token=abc&agent_id=a") == "x?token=***&agent_id=a"
+
+
 # --- client frames ---------------------------------------------------------------------------
 
 
@@ -225,6 +265,20 @@ def test_error_frame() -> None:
 )
 def test_frames_a_text_client_reads_past(raw: str | bytes, expected: proto.Ignored) -> None:
     assert proto.parse_server_frame(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("frame", "wire_type"),
+    [
+        (proto.Ping(1), "ping"),
+        (proto.ToolActivity("response", "x", 1), "agent_tool_response"),
+        (proto.ServerError("unknown", None, ""), "error"),
+        (proto.Ignored("audio", "not_for_text"), "audio"),
+        (proto.Ignored(None, "untyped"), None),
+    ],
+)
+def test_frame_type_names_the_wire_type(frame: proto.ServerFrame, wire_type: str | None) -> None:
+    assert proto.frame_type(frame) == wire_type
 
 
 # --- folding a turn --------------------------------------------------------------------------
