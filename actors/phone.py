@@ -139,6 +139,8 @@ class PhoneActor:
         self.session: AgentSession | None = None
         #: Replies requested by this activation: known not to be at Twilio yet.
         self._fresh_replies: set[str] = set()
+        #: A first message went out: open the agent session before the person answers.
+        self._prewarm = False
 
     # -- the runtime's hooks -------------------------------------------------------------
     async def activate(self, ctx: ActorContext[Wake]) -> None:
@@ -155,6 +157,7 @@ class PhoneActor:
                         return  # Twilio unavailable: a timer brings us back
                 case SendFirstMessage():
                     await self._request_first_message(step, ctx)
+                    self._prewarm = True
                 case NoticeMedia():
                     await self._request_reply(
                         ctx,
@@ -164,6 +167,8 @@ class PhoneActor:
                     )
                 case AskAgent():
                     await self._take_turn(step, ctx)
+        if self._prewarm:
+            await self._open_session_ahead(ctx)
 
     async def deactivate(self, ctx: ActorContext[Wake]) -> None:
         if self.session is not None and not self.session.closed:
@@ -406,6 +411,21 @@ class PhoneActor:
             turn_id=turn_id,
             before=[AgentTurnFailed(turn_id, reason, detail, self._now())],
         )
+
+    async def _open_session_ahead(self, ctx: ActorContext[Wake]) -> None:
+        """Open and prime the agent session right after the first message is sent.
+
+        Opening takes a WebSocket handshake, the agent's first message and the priming
+        update; done now, while the person reads, it is off the path of their first reply.
+        A failure here is not a failed turn: the next message opens the session again.
+        """
+        self._prewarm = False
+        try:
+            await self._ensure_session(ctx)
+        except AgentSessionError as exc:
+            logger.info(
+                "%s: agent session not opened ahead (%s); next turn retries", self.stream, exc
+            )
 
     async def _ensure_session(self, ctx: ActorContext[Wake]) -> AgentSession:
         if self.session is not None and not self.session.closed:

@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections import defaultdict
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ import attrs
 import httpx
 import trio
 
+from events.calls import CallCompleted, call_event_id
+from events.codec import to_new_event
+from events.conversation import phone_stream
 from events.postgres import open_postgres_store
 from events.store import RecordedEvent
 from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
@@ -69,21 +73,6 @@ class RunResult:
     unanswered: int
     phones_received: int
     profile: str | None = None
-
-
-class CountingTwilio(TwilioStandIn):
-    """The Twilio stand-in, telling the load generator when a phone receives a message."""
-
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        self.arrived: dict[str, trio.Event] = {}
-
-    def create_message(self, request: Any) -> Any:
-        record = super().create_message(request)
-        event = self.arrived.pop(record.to.removeprefix("whatsapp:"), None)
-        if event is not None:
-            event.set()
-        return record
 
 
 def _free_port() -> int:
@@ -119,7 +108,7 @@ async def run_once(
 ) -> RunResult:
     port = _free_port()
     public = f"http://127.0.0.1:{port}"
-    twilio = CountingTwilio(status_callbacks=callbacks, read_receipts=callbacks)
+    twilio = TwilioStandIn(status_callbacks=callbacks, read_receipts=callbacks)
     async with serve_elevenlabs(ElevenLabsStandIn()) as el, serve_twilio(twilio) as tw:
         tw.webhook_url = f"{public}/webhooks/twilio/whatsapp"
         env = {
@@ -139,11 +128,21 @@ async def run_once(
         if profile and shutil.which("py-spy"):
             command = ["py-spy", "record", "--format", "raw", "--rate", "200",
                        "-o", str(profile_path), "--", *command]  # fmt: skip
-        server = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        phones = [f"+1555{7000000 + i:07d}" for i in range(conversations)]
+        await _calls_completed(dsn, phones)
+        server = await trio.to_thread.run_sync(
+            partial(
+                subprocess.Popen, command, env=env, cwd=ROOT, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
         try:
             await _wait_ready(public)
-            phones = [f"+1555{7000000 + i:07d}" for i in range(conversations)]
+            # Warm-up: aftercall resumes the calls at start-up, sends each first message and
+            # opens each agent session; the measurement starts once every phone has it.
+            with trio.fail_after(120):
+                for phone in phones:
+                    await tw.wait_received(phone, 1)
             sent = 0
             deadline = trio.current_time() + seconds
             started = time.monotonic()
@@ -152,13 +151,11 @@ async def run_once(
                 nonlocal sent
                 i = 0
                 while trio.current_time() < deadline:
-                    arrived = trio.Event()
-                    tw.arrived[phone] = arrived
                     await tw.user_says(phone, f"question {i} from {phone}")
                     sent += 1
                     i += 1
                     with trio.move_on_after(30):
-                        await arrived.wait()
+                        await tw.wait_received(phone, i + 1)  # the first message, then answers
 
             async with trio.open_nursery() as nursery:
                 for phone in phones:
@@ -172,6 +169,21 @@ async def run_once(
     if profile and profile_path.exists():
         result.profile = _top_frames(profile_path)
     return result
+
+
+async def _calls_completed(dsn: str, phones: list[str]) -> None:
+    """What the post-call webhook would have recorded for each phone."""
+    async with open_postgres_store(dsn) as store:
+        for phone in phones:
+            call = CallCompleted(
+                f"conv_bench_{phone[1:]}", DEFAULT_AGENT_ID, phone,
+                "Asked about the invoice; a refund was promised.",
+                dynamic_variables={"user_name": "Bench"}, source="test",
+            )  # fmt: skip
+            await store.append(
+                phone_stream(phone),
+                [to_new_event(call, event_id=call_event_id(call.conversation_id))],
+            )
 
 
 async def _analyse(
@@ -265,8 +277,10 @@ def main() -> None:
           f"{'on' if args.status_callbacks else 'off'}, {args.seconds:g} s per row)")  # fmt: skip
     print(f"baseline: bare signed webhook handler ceiling on this machine "
           f"~{WEBHOOK_CEILING} req/s")  # fmt: skip
-    header = (f"{'conversations':>13} {'msgs/s':>8} {'answered':>9} {'added p50':>10} "
-              f"{'added p99':>10} {'agent p50':>10} {'dup':>4} {'lost':>5} {'at phones':>9}")  # fmt: skip
+    header = (
+        f"{'conversations':>13} {'msgs/s':>8} {'answered':>9} {'added p50':>10} "
+        f"{'added p99':>10} {'agent p50':>10} {'dup':>4} {'lost':>5} {'at phones':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
