@@ -53,7 +53,7 @@ from actors.conversation import (
 )
 from actors.runtime import ActorContext
 from actors.whatsapp import TwilioRejected, TwilioUnavailable, WhatsAppSender
-from actors.whatsapp_rules import EmptyMessage, split_message
+from actors.whatsapp_rules import EmptyMessage, InvalidPhone, MessageTooLong, split_message
 from events.codec import decode, to_new_event
 from events.conversation import (
     AgentAnswered,
@@ -309,7 +309,9 @@ class PhoneActor:
                 ),
             )
             return True
-        except EmptyMessage as exc:
+        except (EmptyMessage, MessageTooLong, InvalidPhone, ValueError) as exc:
+            # Refused before any request (empty or oversized part, a phone Twilio cannot
+            # address, a malformed template sid in the settings): final, nothing was sent.
             await self._record(
                 ctx,
                 ReplyFailed(request.reply_id, step.part, None, None, str(exc), self._now()),
