@@ -310,7 +310,9 @@ async def _dispatch(
         event_id = int(body["event_id"])
         sent_at = session._pings_out.pop(event_id, None)
         if sent_at is not None:
-            rtt = round((trio.current_time() - sent_at) * 1000)
+            # Rounded up: a measured round trip is never 0 ms, and the Python SDK skips
+            # its latency callback when ping_ms is falsy.
+            rtt = math.ceil((trio.current_time() - sent_at) * 1000)
             session._last_rtt_ms = rtt
             session.pongs.append((event_id, rtt))
         return
