@@ -48,7 +48,12 @@ class CallCompleted:
 @event_type
 @attrs.frozen
 class CallFailed:
-    """The call never connected (busy, no answer, voicemail, failed)."""
+    """The call never connected (busy, no answer, voicemail, failed).
+
+    ``follow_up`` records, at the edge that saw the failure, whether the deployment wants a
+    WhatsApp message after such a call (``AFTERCALL_FOLLOW_UP_FAILED_CALLS``); by default
+    nobody is messaged about a call they did not take.
+    """
 
     conversation_id: str
     agent_id: str
@@ -57,6 +62,7 @@ class CallFailed:
     batch_id: str | None = None
     recipient_id: str | None = None
     source: CallSource = "webhook"
+    follow_up: bool = False
 
 
 def call_event_id(conversation_id: str) -> UUID:

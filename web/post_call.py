@@ -1,0 +1,225 @@
+"""``POST /webhooks/elevenlabs/post-call``: ElevenLabs tells us a call ended.
+
+The handler verifies ``ElevenLabs-Signature``, turns the envelope into a call event with
+``actors.call_rules`` (the batch monitor uses the same rules), appends it to the phone's
+stream under ``call_event_id(conversation_id)``, wakes the phone actor, and answers 200. A
+second delivery of the same call (ElevenLabs retries, or the monitor came first) is a no-op
+answered like the first.
+
+Answers, and why they differ:
+
+* 401: the request cannot be shown to come from ElevenLabs (no header, wrong signature, a
+  timestamp outside the 30-minute tolerance, which stops replays of an old delivery).
+* 400: signed, but not something we can record (not JSON, no ``type``, an unknown type, a
+  call without a conversation id).
+* 503: ``ELEVENLABS_WEBHOOK_SECRET`` is not set (we cannot verify anything; ElevenLabs will
+  deliver again once it is), or the log is unavailable (nothing acknowledged before it is
+  durable).
+* 200 ``ignored``: a real ElevenLabs event with nothing to follow up: a conversation that
+  was not a phone call (including aftercall's own WhatsApp text sessions), or a
+  ``post_call_audio``. Answering those with an error would count towards ElevenLabs
+  disabling the webhook after repeated failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from actors.call_rules import (
+    InvalidCallData,
+    NotAPhoneCall,
+    NotFinished,
+    call_from_conversation,
+    call_from_failure,
+)
+from events.calls import CallCompleted, CallFailed, call_event_id
+from events.codec import to_new_event
+from events.conversation import phone_stream
+
+logger = logging.getLogger(__name__)
+
+PATH = "/webhooks/elevenlabs/post-call"
+SIGNATURE_HEADER = "ElevenLabs-Signature"
+#: How old a signature may be (the official SDKs' tolerance).
+TOLERANCE_SECONDS = 30 * 60
+#: Event types ElevenLabs sends that carry nothing to record here.
+IGNORED_TYPES = frozenset({"post_call_audio"})
+
+
+class WebhookRejected(Exception):
+    """A request to refuse, with the HTTP status and the reason to send back."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@attrs.frozen
+class Ignored:
+    """A genuine event with nothing to record; answered 200."""
+
+    reason: str
+
+
+def verify_signature(
+    raw_body: bytes,
+    header: str | None,
+    secret: str,
+    now: float,
+    tolerance: float = TOLERANCE_SECONDS,
+) -> None:
+    """Check ``t=<unix>,v0=<hex>`` against HMAC-SHA256(secret, ``t.raw_body``).
+
+    Any ``v0`` in the header may match (ElevenLabs could sign with two secrets during a
+    rotation). The comparison is constant-time. Timestamps further than ``tolerance`` from
+    ``now`` either way are refused: the SDKs only refuse old ones, but a timestamp far in
+    the future is as much a sign of a replay or a broken clock.
+
+    Raises:
+        WebhookRejected: 401, with what is wrong (never the secret or the expected value).
+    """
+    if not header or not header.strip():
+        raise WebhookRejected(401, f"missing {SIGNATURE_HEADER} header")
+    timestamp: str | None = None
+    signatures: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            timestamp = value.strip()
+        elif key == "v0":
+            signatures.append(f"v0={value.strip()}")
+    if timestamp is None or not timestamp.isdigit():
+        raise WebhookRejected(401, f"{SIGNATURE_HEADER} has no timestamp (t=<unix seconds>)")
+    if not signatures:
+        raise WebhookRejected(401, f"{SIGNATURE_HEADER} has no signature with scheme v0")
+    age = now - int(timestamp)
+    if abs(age) > tolerance:
+        when = "old" if age > 0 else "in the future"
+        raise WebhookRejected(
+            401,
+            f"{SIGNATURE_HEADER} timestamp is {abs(int(age))} s {when}, outside the "
+            f"{int(tolerance)} s tolerance (a replayed delivery, or a clock that is wrong)",
+        )
+    digest = hmac.new(
+        secret.encode("utf-8"), timestamp.encode("ascii") + b"." + raw_body, hashlib.sha256
+    ).hexdigest()
+    expected = f"v0={digest}"
+    # Check every candidate (no early exit) so timing says nothing about which one matched.
+    matched = False
+    for signature in signatures:
+        matched |= hmac.compare_digest(signature.encode(), expected.encode())
+    if not matched:
+        raise WebhookRejected(
+            401,
+            f"{SIGNATURE_HEADER} does not match the body: check ELEVENLABS_WEBHOOK_SECRET "
+            "is the webhook's secret",
+        )
+
+
+def parse_envelope(raw_body: bytes) -> tuple[str, Mapping[str, Any]]:
+    """``{"type", "event_timestamp", "data"}`` -> (type, data).
+
+    Raises:
+        WebhookRejected: 400, naming what is wrong.
+    """
+    try:
+        envelope = json.loads(raw_body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WebhookRejected(400, f"the body is not JSON ({type(exc).__name__})") from None
+    if not isinstance(envelope, dict):
+        raise WebhookRejected(400, "the body must be a JSON object")
+    kind = envelope.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise WebhookRejected(400, "the body has no 'type'")
+    data = envelope.get("data")
+    if not isinstance(data, dict):
+        raise WebhookRejected(400, f"{kind}: 'data' must be a JSON object")
+    return kind, data
+
+
+def event_for(kind: str, data: Mapping[str, Any]) -> CallCompleted | CallFailed | Ignored:
+    """What a verified webhook records.
+
+    Raises:
+        WebhookRejected: 400 for an unknown type or a call without its ids.
+    """
+    try:
+        if kind == "post_call_transcription":
+            outcome = call_from_conversation(data, source="webhook")
+        elif kind == "call_initiation_failure":
+            outcome = call_from_failure(data, source="webhook")
+        elif kind in IGNORED_TYPES:
+            return Ignored(f"{kind} is not used by aftercall")
+        else:
+            raise WebhookRejected(
+                400,
+                f"unknown event type {kind!r}: expected post_call_transcription or "
+                "call_initiation_failure",
+            )
+    except InvalidCallData as exc:
+        raise WebhookRejected(400, f"{kind}: {exc}") from None
+    if isinstance(outcome, NotAPhoneCall):
+        return Ignored(outcome.reason)
+    if isinstance(outcome, NotFinished):  # pragma: no cover - only with require_done
+        return Ignored(f"conversation is {outcome.status}")
+    return outcome
+
+
+def _answer(status: int, body: Mapping[str, Any]) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+async def post_call() -> Response:
+    """Verify, record, wake the phone actor, answer; never waits for the follow-up."""
+    from web.app import current_system
+
+    system = current_system()
+    secret = system.settings.elevenlabs_webhook_secret
+    if not secret:
+        return _answer(
+            503,
+            {"error": "ELEVENLABS_WEBHOOK_SECRET is not set: aftercall cannot verify "
+             "post-call webhooks"},
+        )  # fmt: skip
+    raw = await request.get_data(False, False, False)
+    try:
+        verify_signature(raw, request.headers.get(SIGNATURE_HEADER), secret, time.time())
+        kind, data = parse_envelope(raw)
+        event = event_for(kind, data)
+    except WebhookRejected as exc:
+        logger.info("post-call webhook refused (%d): %s", exc.status, exc.reason)
+        return _answer(exc.status, {"error": exc.reason})
+    if isinstance(event, Ignored):
+        logger.info("post-call webhook %s ignored: %s", kind, event.reason)
+        return _answer(200, {"status": "ignored", "reason": event.reason})
+    if isinstance(event, CallFailed) and system.settings.follow_up_failed_calls:
+        event = attrs.evolve(event, follow_up=True)
+    result = await system.store.append(
+        phone_stream(event.phone),
+        [to_new_event(event, event_id=call_event_id(event.conversation_id))],
+    )
+    if not result.duplicate and (isinstance(event, CallCompleted) or event.follow_up):
+        system.notify_phone(event.phone)
+    return _answer(
+        200,
+        {
+            "status": "duplicate" if result.duplicate else "recorded",
+            "event": type(event).__name__,
+            "conversation_id": event.conversation_id,
+        },
+    )
+
+
+def register(app: QuartTrio) -> None:
+    app.add_url_rule(PATH, view_func=post_call, methods=["POST"])
