@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 
 from events.codec import to_new_event
 from events.conversation import inbound_event_id, phone_stream, status_event_id
+from web import post_call
 from web.twilio_forms import (
     EMPTY_TWIML,
     Form,
@@ -32,6 +33,7 @@ def register(app: QuartTrio) -> None:
     app.add_url_rule("/readyz", view_func=readyz, methods=["GET"])
     app.add_url_rule("/webhooks/twilio/whatsapp", view_func=twilio_whatsapp, methods=["POST"])
     app.add_url_rule("/webhooks/twilio/status", view_func=twilio_status, methods=["POST"])
+    post_call.register(app)
 
 
 def _system() -> Any:
