@@ -56,6 +56,12 @@ class Settings:
     idle_timeout: float = 1800.0
     admin_token: str | None = attrs.field(default=None, repr=False)
     sandbox: bool = False
+    #: Seconds between the call monitor's polls of ElevenLabs batch calling; None: no monitor.
+    batch_poll_seconds: float | None = None
+    #: Send a WhatsApp message after a call that never connected (busy, no answer, voicemail).
+    follow_up_failed_calls: bool = False
+    #: The agent's phone number id at ElevenLabs, for ``aftercall call``.
+    elevenlabs_agent_phone_number_id: str | None = None
 
     @property
     def status_callback_url(self) -> str:
@@ -89,6 +95,33 @@ def _float(env: Mapping[str, str], name: str, default: float, problems: list[str
     return value
 
 
+#: Poll interval of the call monitor in sandbox mode, where it runs unless switched off.
+SANDBOX_BATCH_POLL_SECONDS = 5.0
+DEFAULT_ELEVENLABS_BASE_URL = "https://api.elevenlabs.io"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _flag(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw not in _FALSE:
+        problems.append(f"{name} must be 1/true/yes/on or 0/false/no/off, not {env[name]!r}")
+    return False
+
+
+def batch_poll_seconds(env: Mapping[str, str], problems: list[str]) -> float | None:
+    """``AFTERCALL_BATCH_POLL_SECONDS``: unset means off (on, every 5 s, in sandbox mode);
+    ``0`` or ``off`` switches the monitor off."""
+    raw = env.get("AFTERCALL_BATCH_POLL_SECONDS", "").strip()
+    if not raw:
+        return SANDBOX_BATCH_POLL_SECONDS if is_sandbox(env) else None
+    if raw.lower() in ("0", "off", "no", "false"):
+        return None
+    return _float(env, "AFTERCALL_BATCH_POLL_SECONDS", SANDBOX_BATCH_POLL_SECONDS, problems)
+
+
 def is_sandbox(env: Mapping[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     return env.get("AFTERCALL_SANDBOX", "").lower() in ("1", "true", "yes", "on")
@@ -115,6 +148,8 @@ def load_settings(
     for name in ("AFTERCALL_FIRST_MESSAGE", "AFTERCALL_FALLBACK_TEXT", "AFTERCALL_MEDIA_NOTICE"):
         if name in env and not env[name].strip():
             problems.append(f"{name} is set but empty (an empty WhatsApp message is never sent)")
+    poll_seconds = batch_poll_seconds(env, problems)
+    follow_up_failed = _flag(env, "AFTERCALL_FOLLOW_UP_FAILED_CALLS", problems)
     first_message = env.get("AFTERCALL_FIRST_MESSAGE") or DEFAULT_FIRST_MESSAGE
     try:
         first_message.format(name="x", summary="y")
@@ -125,7 +160,7 @@ def load_settings(
     return Settings(
         store=store_location(env),
         public_base_url=public,
-        elevenlabs_base_url=(env.get("ELEVENLABS_BASE_URL") or "https://api.elevenlabs.io").rstrip(
+        elevenlabs_base_url=(env.get("ELEVENLABS_BASE_URL") or DEFAULT_ELEVENLABS_BASE_URL).rstrip(
             "/"
         ),
         elevenlabs_api_key=env.get("ELEVENLABS_API_KEY") or None,
@@ -145,6 +180,9 @@ def load_settings(
         idle_timeout=idle_timeout,
         admin_token=env.get("AFTERCALL_ADMIN_TOKEN") or None,
         sandbox=is_sandbox(env),
+        batch_poll_seconds=poll_seconds,
+        follow_up_failed_calls=follow_up_failed,
+        elevenlabs_agent_phone_number_id=env.get("ELEVENLABS_AGENT_PHONE_NUMBER_ID") or None,
     )
 
 
