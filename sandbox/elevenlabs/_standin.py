@@ -87,7 +87,13 @@ class AgentConfig:
             ``override_error`` (1008).
         required_dynamic_variables: Names the prompt uses; a session without them closes
             with ``missing_dynamic_variable`` (1008).
-        idle_timeout_seconds: ``None`` disables the idle close.
+        max_duration_seconds: After this long the session gets ``error`` with
+            ``max_duration_exceeded`` (code 1000) and closes 1000, as documented.
+        idle_timeout_seconds: After this long without client input (pongs do not count) the
+            session gets ``error`` with ``transport_receive_timeout`` (code 1002) and closes
+            1002: the AsyncAPI's documented behaviour, chosen over the 1000 an Android SDK PR
+            reports, because it is the one in the official schema. Default 60 s as the
+            schema's description says; ``None`` disables it.
         stream_text_parts: Send ``agent_chat_response_part`` start/delta/stop before each
             ``agent_response`` (off by default, as in the default ``client_events``).
         requires_auth: Private agent: the WebSocket needs a ``conversation_signature`` from
