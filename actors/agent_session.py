@@ -252,6 +252,7 @@ class AgentSession:
         self._close_error: AgentSessionClosed | None = None
         self._closing_locally = False
         self._finished = trio.Event()
+        self._close_wait: trio.CancelScope | None = None
         self._turns = 0
         self._failed_turns = 0
         self._pings_answered = 0
@@ -319,10 +320,18 @@ class AgentSession:
                 raise failure from None
             self._record_close(None, str(failure))
         finally:
-            if stream is not None:
-                await stream.aclose()
+            # State first: under cancellation the await below raises at its checkpoint.
+            if self._close_error is None:
+                # Cancelled with its owner: no close frame was read or sent.
+                cause = proto.CloseCause("the session's task ended with its owner", True)
+                self._close_info = (None, None)
+                self._close_error = AgentSessionClosed(None, None, cause)
             self._finished.set()
+            if self._close_wait is not None:
+                self._close_wait.cancel()
             self._wake_waiters()
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
 
     async def _handshake(self, ws: trio_websocket.WebSocketConnection) -> None:
         """Initiation data first; ``conversation_initiation_metadata`` must come back first.
@@ -577,15 +586,22 @@ class AgentSession:
         await self._close_locally()
 
     async def _close_locally(self) -> None:
+        """Send the close and wait for the host task to finish, at most ``CLOSE_TIMEOUT``.
+
+        The wait also ends when the host task finishes first (its owner was cancelled):
+        trio-websocket's ``aclose`` would otherwise wait for a close reply that its
+        cancelled reader can no longer deliver.
+        """
         if self._ws is None:
             return
-        if self._close_error is None:
-            self._closing_locally = True
-            self._record_close(1000, proto.USER_ENDED_REASON)
-            with trio.move_on_after(CLOSE_TIMEOUT):
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            self._close_wait = scope
+            if self._close_error is None and not self._finished.is_set():
+                self._closing_locally = True
+                self._record_close(1000, proto.USER_ENDED_REASON)
                 await self._ws.aclose(1000, proto.USER_ENDED_REASON)
-        with trio.move_on_after(CLOSE_TIMEOUT):
             await self._finished.wait()
+        self._close_wait = None
 
     def statistics(self) -> AgentSessionStatistics:
         code = self._close_info[0] if self._close_info is not None else None

@@ -531,20 +531,49 @@ async def test_1008_missing_dynamic_variable_is_final_and_names_it(
             await session.aclose()
 
 
-async def test_1008_seen_on_the_next_ask_when_open_does_not_wait(
+async def test_1008_after_an_open_that_does_not_wait_is_final_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Without the first-message wait the 1008 that follows the metadata may be seen by
+    # open or by the first ask: either way it is final and explained.
+    with trio.fail_after(30):
+        async with world(with_agent(allowed_overrides=frozenset())) as w:
+
+            async def open_then_ask() -> None:
+                session = await w.open(first_message_wait=0)
+                await trio.testing.wait_all_tasks_blocked()
+                await session.ask("hello")
+
+            with pytest.raises(AgentSessionClosed) as closed:
+                await open_then_ask()
+            assert not closed.value.retryable
+            assert "Security tab" in str(closed.value)
+
+
+async def test_an_ask_in_flight_ends_promptly_with_its_owner(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(30):
-        async with world(with_agent(allowed_overrides=frozenset())) as w:
-            try:
-                session = await w.open(first_message_wait=0)
+        async with serve_elevenlabs() as standin, httpx.AsyncClient() as http:
+            assert standin.base_url is not None
+            standin.set_faults(Faults(no_answer=True))
+            config = AgentSessionConfig(standin.base_url, DEFAULT_AGENT_ID, None, PHONE, {})
+            async with trio.open_nursery() as actor:
+                session = await AgentSession.open(actor, http, config)
+
+                async def relay() -> None:
+                    await session.ask("hello?")
+
+                actor.start_soon(relay)
                 await trio.testing.wait_all_tasks_blocked()
-                with pytest.raises(AgentSessionClosed) as closed:
-                    await session.ask("hello")
-            except AgentSessionClosed as raised_by_open:
-                pytest.fail(f"open raised instead of the ask: {raised_by_open}")
-            assert not closed.value.retryable
-            assert "Security tab" in str(closed.value)
+                cancelled_at = trio.current_time()
+                actor.cancel_scope.cancel()
+            assert trio.current_time() - cancelled_at < 0.1
+            assert session.closed
+            # Whichever ran first: the ask's own close, or the end of the session's task.
+            assert session.close_info in {(1000, "User ended conversation"), (None, None)}
+            await trio.testing.wait_all_tasks_blocked()
+            assert standin.session(session.conversation_id).closed_by == "client"
 
 
 async def test_aclose_ends_the_session_normally(autojump_clock: trio.testing.MockClock) -> None:
