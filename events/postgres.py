@@ -61,6 +61,7 @@ from events.migrations import POSTGRES_MIGRATIONS, Migration
 from events.store import (
     ANY_VERSION,
     AppendResult,
+    InvalidEvent,
     NewEvent,
     RecordedEvent,
     StoreStatistics,
@@ -706,6 +707,9 @@ class EventLog:
         return f"SELECT pg_advisory_xact_lock({self.lock[0]}, {self.lock[1]})"
 
 
+# One index probe per stream and per event id, whatever the planner thinks of the table's
+# size: ``event_id = ANY($2)`` was planned as a sequential scan of the whole log, and the
+# LIMIT keeps the lateral subquery from being flattened into a join that could be too.
 _BATCH_STATE_SQL = """
 SELECT s.stream, coalesce(v.version, 0) AS version, NULL::uuid AS event_id,
        NULL::bigint AS position
@@ -714,7 +718,9 @@ SELECT s.stream, coalesce(v.version, 0) AS version, NULL::uuid AS event_id,
                        WHERE e.stream = s.stream) AS v
 UNION ALL
 SELECT e.stream, e.version, e.event_id, e.position
-  FROM events e WHERE e.event_id = ANY($2::uuid[])
+  FROM unnest($2::uuid[]) AS i(event_id)
+  CROSS JOIN LATERAL (SELECT e.stream, e.version, e.event_id, e.position FROM events e
+                       WHERE e.event_id = i.event_id LIMIT 1) AS e
 """
 
 # Rows are fed in batch order, so positions follow versions within a stream; they are
@@ -928,6 +934,10 @@ class PostgresEventStore:
     ) -> AppendResult:
         validate_new_events(stream, events)
         payloads = encode_payloads(stream, events)
+        for event, (data, metadata) in zip(events, payloads, strict=True):
+            problem = _jsonb_problem(data) or _jsonb_problem(metadata)
+            if problem:
+                raise InvalidEvent(f"event {event.type} for {stream!r} {problem}")
         request = AppendRequest(stream, list(events), expected_version, payloads)
         return await self._committer.submit(request)
 
@@ -1088,6 +1098,38 @@ class PostgresEventStore:
     def _wake(self) -> None:
         self._wakeup.set()
         self._wakeup = trio.Event()
+
+
+def _jsonb_problem(text: str) -> str | None:
+    """What in this JSON text jsonb refuses (NUL, a lone surrogate), or None.
+
+    JSON allows both; jsonb does not, and one such event would fail every append of its
+    batch. Refused here, in the appending task, it fails its own append alone.
+    ``json.dumps`` escapes both as ``\\u....``, so only text with such an escape is parsed.
+    """
+    if "\\u0000" not in text and "\\ud" not in text:
+        return None
+    found: list[str] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, str):
+            if "\x00" in value:
+                found.append("contains a NUL character, which PostgreSQL's jsonb cannot store")
+            else:
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    found.append("contains a lone surrogate, which is not valid Unicode")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(key)
+                visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+
+    visit(json.loads(text))
+    return found[0] if found else None
 
 
 def _recorded(row: Record) -> RecordedEvent:

@@ -27,7 +27,7 @@ from events.postgres import (
     open_database,
     open_postgres_store,
 )
-from events.store import NO_STREAM, NewEvent, StoreUnavailable
+from events.store import NO_STREAM, InvalidEvent, NewEvent, StoreUnavailable
 from tests.events.conftest import Terminate
 
 
@@ -322,3 +322,47 @@ async def test_a_batch_whose_commit_reply_is_lost_gets_its_true_outcome(
     assert [e.event_id for e in recorded] == [event_id]
     assert recorded[0].position == result.position
     assert pg_store.statistics().duplicates == 0
+
+
+async def test_what_jsonb_refuses_fails_its_own_append_alone(pg_store: PostgresEventStore) -> None:
+    """NUL and lone surrogates are valid JSON but not jsonb: refused before the batch."""
+    outcomes: dict[str, object] = {}
+
+    async def append(name: str, data: dict[str, object]) -> None:
+        try:
+            outcomes[name] = await pg_store.append(f"counter-{name}", [NewEvent("T", data)])
+        except InvalidEvent as exc:
+            outcomes[name] = exc
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append, "nul", {"text": "a\x00b"})
+            nursery.start_soon(append, "surrogate", {"k\ud800": 1})
+            nursery.start_soon(append, "good", {"text": "a\\u0000b \U0001f44b"})
+        [good] = await pg_store.read_stream("counter-good")
+    assert "NUL" in str(outcomes["nul"])
+    assert "surrogate" in str(outcomes["surrogate"])
+    assert good.data == {"text": "a\\u0000b \U0001f44b"}
+
+
+async def test_the_batch_state_query_probes_indexes(pg_store: PostgresEventStore) -> None:
+    """Message DB's habit: prove the plan, since a generic plan outlives the table's size."""
+    database = pg_store.database
+    for start in range(0, 2000, 500):
+        await pg_store.append("counter-big", [ev(n) for n in range(start, start + 500)])
+    await database.execute("ANALYZE events")
+    streams = [f"counter-{i}" for i in range(100)]
+    ids = [uuid.uuid4() for _ in range(100)]
+
+    async def plans(conn: Connection) -> list[str]:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            rows = await conn.fetch("EXPLAIN " + pg._BATCH_STATE_SQL, streams, ids)
+        finally:
+            await conn.execute("RESET plan_cache_mode")
+        return [str(row[0]) for row in rows]
+
+    plan = "\n".join(await database.run(plans))
+    assert "Seq Scan" not in plan, plan
+    assert "events_event_id_key" in plan
+    assert "events_stream_version_key" in plan

@@ -1,0 +1,1 @@
+"""Benchmarks run by hand (``python -m benchmarks.event_log``), never by the test suite."""
