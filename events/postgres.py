@@ -27,6 +27,7 @@ group commit makes cheap: a batch holds the lock for a few round trips and one W
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -362,6 +363,15 @@ class Database:
                 return await self.cross(
                     _on_pooled_connection, self._pool, fn, args, phase, in_transaction
                 )
+            except asyncpg.InvalidCachedStatementError:
+                # Another process changed the schema under a cached statement; asyncpg
+                # re-prepares by itself outside a transaction. Inside one, nothing was
+                # committed and the cache is now cleared: run it again, once more.
+                if not (in_transaction and retry) or phase.commit_sent:
+                    raise
+                if trio.current_time() > deadline:
+                    raise
+                continue
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
@@ -1052,6 +1062,11 @@ class PostgresEventStore:
                 return await self.database.cross(
                     write_batch_sql, writer, self.log, batch, attempt, previous, commit_delay
                 )
+            except asyncpg.InvalidCachedStatementError:
+                # A migration by another process changed the table; rolled back, re-run.
+                if attempt.commit_sent or trio.current_time() > deadline:
+                    raise
+                continue
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
@@ -1184,8 +1199,11 @@ async def _migrate(
 
 def _channel_for(schema: str) -> str:
     # A NOTIFY channel is database-wide, so it names the schema; 63 bytes at most.
+    # (Python's hash() differs between processes; every writer must agree on the name.)
     channel = f"{schema}.events"
-    return channel if len(channel.encode()) < 63 else f"aftercall_events_{abs(hash(schema))}"
+    if len(channel.encode()) < 63:
+        return channel
+    return "aftercall_events_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
 
 
 def open_postgres_store(
@@ -1203,7 +1221,13 @@ def open_postgres_store(
     """Open (migrating) the store; its writer and listener live until the block ends.
 
     On exit, appends already queued are written (within `CLOSE_TIMEOUT`), then the
-    listener, the writer's connection, the pool and the loop are closed.
+    listener, the writer's connection, the pool and the loop are closed. ``store.database``
+    is the same pool, for projections' read models.
+
+    Connections: up to ``pool_size`` pooled, plus the writer's and the listener's.
+    Like `open_database`, own it from one long-lived task (under Hypercorn, started
+    from ``before_serving`` with ``await app.nursery.start(...)``) and use the store from
+    any task.
     """
     return _plain_startup_errors(
         _open_postgres_store(
