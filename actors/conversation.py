@@ -310,8 +310,10 @@ def compose_context(state: ConversationState) -> str:
             lines = "\n".join(f"{line.role}: {line.message}" for line in tail)
             sections.append(f"End of the call transcript:\n{lines}")
     history = list(state.history)
-    if state.open_turn is not None and history and history[-1] == Exchange(
-        "user", state.open_turn.text
+    if (
+        state.open_turn is not None
+        and history
+        and history[-1] == Exchange("user", state.open_turn.text)
     ):
         history.pop()  # the turn being (re)asked is sent as the user_message itself
     if history:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from events.store import EventStore
-from tests.postgres_server import NoPostgres, PostgresServer, find_or_start, psql
+from tests.postgres_server import (
+    NoPostgres,
+    PostgresServer,
+    find_or_start,
+    new_schema_name,
+    psql,
+    sweep_dead_schemas,
+)
 
 
 @pytest.fixture(scope="session")
@@ -18,26 +24,15 @@ def postgres() -> Iterator[PostgresServer]:
         server = find_or_start()
     except NoPostgres as exc:
         pytest.exit(str(exc), returncode=2)
-    # Schemas left by an interrupted earlier run.
-    psql(server.dsn, _DROP_TEST_SCHEMAS)
+    sweep_dead_schemas(server.dsn)  # left by interrupted earlier runs
     yield server
-    psql(server.dsn, _DROP_TEST_SCHEMAS)
     server.stop()
-
-
-_DROP_TEST_SCHEMAS = """
-DO $$ DECLARE s text; BEGIN
-  FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 'aftercall_test_%' LOOP
-    EXECUTE format('DROP SCHEMA %I CASCADE', s);
-  END LOOP;
-END $$;
-"""
 
 
 @pytest.fixture
 def pg_schema(postgres: PostgresServer) -> Iterator[str]:
     """A fresh schema name for one test; the store creates it, the fixture drops it."""
-    schema = f"aftercall_test_{uuid.uuid4().hex[:12]}"
+    schema = new_schema_name()
     yield schema
     psql(postgres.dsn, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
@@ -60,7 +55,7 @@ async def store(
         return
     from events.postgres import open_postgres_store
 
-    schema = f"aftercall_test_{uuid.uuid4().hex[:12]}"
+    schema = new_schema_name()
     try:
         async with open_postgres_store(postgres.dsn, schema=schema) as pg_store:
             yield pg_store

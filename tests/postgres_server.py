@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import attrs
@@ -127,3 +128,33 @@ def psql(dsn: str, sql: str) -> str:
         timeout=60,
     )
     return result.stdout
+
+
+#: Test schemas carry the pid of the run that made them, so a run only ever sweeps the
+#: schemas of runs that are gone, never those of another run going on at the same time.
+SCHEMA_PREFIX = "aftercall_test_"
+
+
+def new_schema_name(prefix: str = SCHEMA_PREFIX) -> str:
+    return f"{prefix}{os.getpid()}_{uuid.uuid4().hex[:10]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead_schemas(dsn: str, prefix: str = SCHEMA_PREFIX) -> None:
+    """Drop the test schemas left by interrupted runs (their pid is no longer alive)."""
+    names = psql(
+        dsn, f"SELECT nspname FROM pg_namespace WHERE starts_with(nspname, '{prefix}')"
+    ).split()
+    for name in names:
+        pid = name.removeprefix(prefix).split("_", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            psql(dsn, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

@@ -57,3 +57,125 @@ async def test_three_phones_concurrently_without_crosstalk(store: EventStore) ->
             bodies = [m.body for m in ac.twilio.received(phone)]
             assert len(bodies) == 2
             assert bodies[1] == f"You said: my code is {phone[-4:]}"
+
+
+async def _first_message_sent(ac: object, phone: str) -> None:
+    await ac.complete_call(phone)  # type: ignore[attr-defined]
+    await ac.wait_for(of_type("ReplySent", phone))  # type: ignore[attr-defined]
+
+
+async def test_context_survives_a_session_the_agent_closed(store: EventStore) -> None:
+    async with running_aftercall(store) as ac:
+        await _first_message_sent(ac, ANA)
+        await ac.twilio.user_says(ANA, "my order number is 4711")
+        [opened] = await ac.wait_for(of_type("AgentSessionOpened", ANA))
+        await ac.wait_for(of_type("ReplySent", ANA), count=2)
+        # ElevenLabs ends the session on its own (idle input, 1002) between two turns.
+        live = ac.elevenlabs.session(opened.data["agent_conversation_id"])
+        await live.close(1002, "transport_receive_timeout")
+        await ac.twilio.user_says(ANA, "Can you summarise what we talked about?")
+        await ac.wait_for(of_type("ReplySent", ANA), count=3)
+        answer = ac.twilio.received(ANA)[-1].body
+        assert SUMMARY in answer  # the call summary reached the new session
+        assert "my order number is 4711" in answer  # and so did the earlier WhatsApp turn
+        reopened = await ac.wait_for(of_type("AgentSessionOpened", ANA), count=2)
+        assert reopened[1].data["reopened"] is True
+        assert reopened[1].data["agent_conversation_id"] != opened.data["agent_conversation_id"]
+
+
+async def _fallback_then_recovery(ac: object, faults: object, reason: str) -> None:
+    from sandbox.elevenlabs import NO_FAULTS
+
+    el = ac.elevenlabs  # type: ignore[attr-defined]
+    await _first_message_sent(ac, ANA)
+    el.set_faults(faults)
+    await ac.twilio.user_says(ANA, "are you there?")  # type: ignore[attr-defined]
+    [failed] = await ac.wait_for(of_type("AgentTurnFailed", ANA))  # type: ignore[attr-defined]
+    assert failed.data["reason"] == reason
+    await ac.wait_for(of_type("ReplySent", ANA), count=2)  # type: ignore[attr-defined]
+    fallback = ac.twilio.received(ANA)[-1].body  # type: ignore[attr-defined]
+    assert fallback.startswith("Sorry, I can't answer that right now")
+    el.set_faults(NO_FAULTS)
+    await ac.twilio.user_says(ANA, "second try")  # type: ignore[attr-defined]
+    await ac.wait_for(of_type("ReplySent", ANA), count=3)  # type: ignore[attr-defined]
+    assert ac.twilio.received(ANA)[-1].body == "You said: second try"  # type: ignore[attr-defined]
+
+
+async def test_agent_timeout_sends_the_fallback_and_recovers(store: EventStore) -> None:
+    from sandbox.elevenlabs import Faults
+
+    async with running_aftercall(store, env={"AFTERCALL_TURN_TIMEOUT": "0.5"}) as ac:
+        await _fallback_then_recovery(ac, Faults(no_answer=True), "timeout")
+
+
+async def test_empty_answer_sends_the_fallback_and_recovers(store: EventStore) -> None:
+    from sandbox.elevenlabs import Faults
+
+    async with running_aftercall(store) as ac:
+        await _fallback_then_recovery(ac, Faults(empty_answer=True), "empty")
+
+
+async def test_close_mid_turn_sends_the_fallback_and_recovers(store: EventStore) -> None:
+    from sandbox.elevenlabs import Faults
+
+    async with running_aftercall(store) as ac:
+        await _fallback_then_recovery(ac, Faults(close_mid_turn=1011), "session_closed")
+        closed = await ac.wait_for(of_type("AgentSessionClosed", ANA))
+        assert closed[0].data["code"] == 1011
+
+
+async def test_twilio_429_then_success_sends_one_message(store: EventStore) -> None:
+    from sandbox.twilio import Fault
+
+    async with running_aftercall(store) as ac:
+        ac.twilio.inject(Fault.rate_limited(retry_after=1), times=2)
+        await ac.complete_call(ANA)
+        await ac.wait_for(of_type("ReplySent", ANA))
+        assert len(ac.twilio.received(ANA)) == 1
+
+
+async def test_twilio_400_is_recorded_and_not_retried(store: EventStore) -> None:
+    # A sender number that is not the account's WhatsApp sender: Twilio answers 400 63007.
+    env = {"TWILIO_WHATSAPP_FROM": "whatsapp:+15005550006"}
+    async with running_aftercall(store, env=env) as ac:
+        await ac.complete_call(ANA)
+        [failed] = await ac.wait_for(of_type("ReplyFailed", ANA))
+        assert failed.data["http_status"] == 400
+        assert failed.data["error_code"] == 63007
+        assert ac.twilio.received(ANA) == []
+        stats = ac.system.sender.statistics()
+        assert stats.requests == 1
+        assert stats.retries == 0
+        assert "ReplySent" not in await ac.types(ANA)
+
+
+async def test_duplicate_webhook_gets_one_reply(store: EventStore) -> None:
+    async with running_aftercall(store) as ac:
+        await _first_message_sent(ac, ANA)
+        await ac.twilio.user_says(ANA, "hello once", duplicate=True)
+        await ac.wait_for(of_type("ReplySent", ANA), count=2)
+        await ac.twilio.user_says(ANA, "and again")
+        await ac.wait_for(of_type("ReplySent", ANA), count=3)
+        bodies = [m.body for m in ac.twilio.received(ANA)]
+        assert bodies[1:] == ["You said: hello once", "You said: and again"]
+        assert (await ac.types(ANA)).count("MessageReceived") == 2
+
+
+async def test_bad_signature_is_403_and_nothing_is_appended(store: EventStore) -> None:
+    async with running_aftercall(store) as ac:
+        head = await store.head()
+        await ac.twilio.user_says(ANA, "forged", bad_signature=True)
+        assert await store.head() == head
+        [delivery] = [d for d in ac.twilio.deliveries if d.kind == "inbound"]
+        assert delivery.status_code == 403
+
+
+async def test_media_message_gets_a_polite_notice(store: EventStore) -> None:
+    from sandbox.twilio import Media
+
+    async with running_aftercall(store) as ac:
+        await _first_message_sent(ac, ANA)
+        await ac.twilio.user_says(ANA, media=[Media("image/jpeg", b"\xff\xd8\xff")])
+        await ac.wait_for(of_type("ReplySent", ANA), count=2)
+        assert "only read text" in ac.twilio.received(ANA)[-1].body
+        assert "AgentAsked" not in await ac.types(ANA)

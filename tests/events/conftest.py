@@ -12,15 +12,13 @@ run that made them instead, and only those of runs that are gone are swept.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import trio
 
 from events.postgres import PostgresEventStore, open_postgres_store
-from tests.postgres_server import PostgresServer, psql
+from tests.postgres_server import PostgresServer, new_schema_name, psql, sweep_dead_schemas
 
 Terminate = Callable[..., Awaitable[int]]
 
@@ -28,33 +26,16 @@ Terminate = Callable[..., Awaitable[int]]
 SCHEMA_PREFIX = "aftercall_pg_"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @pytest.fixture(scope="session")
 def _swept(postgres: PostgresServer) -> None:
     """Drop the schemas left by earlier runs of these tests that were interrupted."""
-    names = psql(
-        postgres.dsn,
-        f"SELECT nspname FROM pg_namespace WHERE starts_with(nspname, '{SCHEMA_PREFIX}')",
-    ).split()
-    for name in names:
-        pid = name.removeprefix(SCHEMA_PREFIX).split("_", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            psql(postgres.dsn, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    sweep_dead_schemas(postgres.dsn, SCHEMA_PREFIX)
 
 
 @pytest.fixture
 def pg_schema(postgres: PostgresServer, _swept: None) -> Iterator[str]:
     """A fresh schema name for one test; the store creates it, the fixture drops it."""
-    schema = f"{SCHEMA_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    schema = new_schema_name(SCHEMA_PREFIX)
     yield schema
     psql(postgres.dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
