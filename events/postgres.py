@@ -62,7 +62,6 @@ from events.migrations import POSTGRES_MIGRATIONS, Migration
 from events.store import (
     ANY_VERSION,
     AppendResult,
-    InvalidEvent,
     NewEvent,
     RecordedEvent,
     StoreStatistics,
@@ -944,10 +943,6 @@ class PostgresEventStore:
     ) -> AppendResult:
         validate_new_events(stream, events)
         payloads = encode_payloads(stream, events)
-        for event, (data, metadata) in zip(events, payloads, strict=True):
-            problem = _jsonb_problem(data) or _jsonb_problem(metadata)
-            if problem:
-                raise InvalidEvent(f"event {event.type} for {stream!r} {problem}")
         request = AppendRequest(stream, list(events), expected_version, payloads)
         return await self._committer.submit(request)
 
@@ -1113,38 +1108,6 @@ class PostgresEventStore:
     def _wake(self) -> None:
         self._wakeup.set()
         self._wakeup = trio.Event()
-
-
-def _jsonb_problem(text: str) -> str | None:
-    """What in this JSON text jsonb refuses (NUL, a lone surrogate), or None.
-
-    JSON allows both; jsonb does not, and one such event would fail every append of its
-    batch. Refused here, in the appending task, it fails its own append alone.
-    ``json.dumps`` escapes both as ``\\u....``, so only text with such an escape is parsed.
-    """
-    if "\\u0000" not in text and "\\ud" not in text:
-        return None
-    found: list[str] = []
-
-    def visit(value: Any) -> None:
-        if isinstance(value, str):
-            if "\x00" in value:
-                found.append("contains a NUL character, which PostgreSQL's jsonb cannot store")
-            else:
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    found.append("contains a lone surrogate, which is not valid Unicode")
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                visit(key)
-                visit(item)
-        elif isinstance(value, list):
-            for item in value:
-                visit(item)
-
-    visit(json.loads(text))
-    return found[0] if found else None
 
 
 def _recorded(row: Record) -> RecordedEvent:

@@ -251,14 +251,47 @@ def encode_payloads(stream: str, events: Sequence[NewEvent]) -> list[tuple[str, 
     payloads = []
     for event in events:
         try:
-            payloads.append(
-                (
-                    json.dumps(event.data, separators=(",", ":"), allow_nan=False),
-                    json.dumps(dict(event.metadata), separators=(",", ":"), allow_nan=False),
-                )
-            )
+            data = json.dumps(event.data, separators=(",", ":"), allow_nan=False)
+            metadata = json.dumps(dict(event.metadata), separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidEvent(
                 f"event {event.type} for {stream!r} cannot be stored as JSON: {exc}"
             ) from exc
+        problem = _unstorable_text(data) or _unstorable_text(metadata)
+        if problem:
+            raise InvalidEvent(f"event {event.type} for {stream!r} {problem}")
+        payloads.append((data, metadata))
     return payloads
+
+
+def _unstorable_text(text: str) -> str | None:
+    """What in this JSON text a backend cannot store (NUL, a lone surrogate), or None.
+
+    JSON allows both; PostgreSQL's jsonb does not, and one such event would fail every
+    append of its batch. Both backends refuse it here, in the appending task, so it fails
+    its own append alone and the log is the same whichever backend holds it.
+    ``json.dumps`` escapes both as ``\\u....``, so only text with such an escape is parsed.
+    """
+    if "\\u0000" not in text and "\\ud" not in text:
+        return None
+    found: list[str] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, str):
+            if "\x00" in value:
+                found.append("contains a NUL character, which PostgreSQL's jsonb cannot store")
+            else:
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    found.append("contains a lone surrogate, which is not valid Unicode")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(key)
+                visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+
+    visit(json.loads(text))
+    return found[0] if found else None

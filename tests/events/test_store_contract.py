@@ -259,3 +259,12 @@ async def test_statistics_count_appends(store: EventStore) -> None:
     assert stats.appends == 3
     assert stats.duplicates == 1
     assert stats.head == await store.head()
+
+
+@pytest.mark.parametrize("text", ["nul \x00 inside", "lone \ud800 surrogate"])
+async def test_text_no_backend_can_store_is_refused_alike(store: EventStore, text: str) -> None:
+    with pytest.raises(InvalidEvent, match="for 'counter-a'"):
+        await store.append("counter-a", [NewEvent("Counted", {"text": text})])
+    with pytest.raises(InvalidEvent):
+        await store.append("counter-a", [NewEvent("Counted", {}, metadata={text: 1})])
+    assert await store.head() == 0
