@@ -31,6 +31,7 @@ import httpx
 import trio
 
 from actors.agent_session import (
+    AgentAnswer,
     AgentSession,
     AgentSessionClosed,
     AgentSessionConfig,
@@ -88,7 +89,16 @@ RECONCILE_SKEW = timedelta(minutes=2)
 
 @attrs.frozen
 class Wake:
-    """ "Your stream may have grown": the only message the phone actor needs."""
+    """Your stream may have grown: the only message the phone actor needs.
+
+    A web handler that has just appended a fact says which version it got and hands the
+    event along: when that is the very next version the actor folds it without reading
+    the log, and when the actor is already past it the wake costs nothing. Without them
+    (timers, resumption) the actor reads what is new.
+    """
+
+    version: int | None = None
+    event: Any = None
 
 
 class DecisionConflict(RuntimeError):
@@ -149,7 +159,11 @@ class PhoneActor:
             ctx.set_timer("resume", 0, Wake())
 
     async def handle(self, message: Wake, ctx: ActorContext[Wake]) -> None:
-        await self._catch_up(ctx)
+        if message.event is not None and message.version == self.state.version + 1:
+            apply(self.state, message.event)
+            self.state.version = message.version
+        elif message.version is None or message.version > self.state.version:
+            await self._catch_up(ctx)
         while (step := next_step(self.state)) is not None:
             match step:
                 case DeliverReply():
@@ -364,43 +378,56 @@ class PhoneActor:
             session = await self._ensure_session(ctx)
         except AgentSessionError as exc:
             failure = (_reason(exc), str(exc))
-        if step.turn_id is None:
-            await self._record(
-                ctx,
-                AgentAsked(
+        asked = AgentAsked(
+            turn_id=turn_id,
+            message_sids=step.message_sids,
+            text=step.text,
+            asked_at=self._now(),
+            agent_conversation_id=session.conversation_id if session else None,
+        )
+        if session is None:
+            if step.turn_id is None:
+                await self._record(ctx, asked)
+        else:
+            outcome: list[AgentAnswer | AgentSessionError] = []
+
+            async def ask(agent: AgentSession) -> None:
+                try:
+                    outcome.append(await agent.ask(step.text))
+                except AgentSessionError as exc:
+                    outcome.append(exc)
+
+            # The question goes to the agent while AgentAsked commits: the commit overlaps
+            # the agent's thinking instead of adding to the person's wait. Nothing reaches
+            # the person before both are done, and a crash in between re-asks the turn.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, session)
+                if step.turn_id is None:
+                    await self._record(ctx, asked)
+            [answer] = outcome
+            if isinstance(answer, AgentSessionError):
+                failure = (_reason(answer), str(answer))
+                await self._drop_session(ctx, answer)
+            elif answer.text.strip():
+                await self._request_reply(
+                    ctx,
+                    kind="agent",
+                    text=answer.text,
+                    in_reply_to=step.message_sids,
                     turn_id=turn_id,
-                    message_sids=step.message_sids,
-                    text=step.text,
-                    asked_at=self._now(),
-                    agent_conversation_id=session.conversation_id if session else None,
-                ),
-            )
-        if session is not None:
-            try:
-                answer = await session.ask(step.text)
-            except AgentSessionError as exc:
-                failure = (_reason(exc), str(exc))
-                await self._drop_session(ctx, exc)
+                    before=[
+                        AgentAnswered(
+                            turn_id=turn_id,
+                            text=answer.text,
+                            agent_seconds=answer.agent_seconds,
+                            answered_at=self._now(),
+                            streamed_parts=answer.streamed_parts,
+                            corrected=answer.corrected,
+                        )
+                    ],
+                )
+                return
             else:
-                if answer.text.strip():
-                    await self._request_reply(
-                        ctx,
-                        kind="agent",
-                        text=answer.text,
-                        in_reply_to=step.message_sids,
-                        turn_id=turn_id,
-                        before=[
-                            AgentAnswered(
-                                turn_id=turn_id,
-                                text=answer.text,
-                                agent_seconds=answer.agent_seconds,
-                                answered_at=self._now(),
-                                streamed_parts=answer.streamed_parts,
-                                corrected=answer.corrected,
-                            )
-                        ],
-                    )
-                    return
                 failure = ("empty", "the agent answered with no text")
         assert failure is not None
         reason, detail = failure

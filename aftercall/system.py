@@ -55,9 +55,13 @@ class System:
     sandbox: Sandbox | None = None
     resumed_phones: int = 0
 
-    def notify_phone(self, phone: str) -> bool:
-        """Tell the phone's actor its stream grew (never waits; the log holds the work)."""
-        return self.phones.notify(phone, Wake())
+    def notify_phone(self, phone: str, version: int | None = None, event: Any = None) -> bool:
+        """Tell the phone's actor its stream grew (never waits; the log holds the work).
+
+        ``version`` and ``event``: what the caller just appended, so the actor can skip
+        reading it back.
+        """
+        return self.phones.notify(phone, Wake(version, event))
 
 
 DEFAULT_SANDBOX_PUBLIC_URL = "http://127.0.0.1:8000"

@@ -109,7 +109,7 @@ async def twilio_whatsapp() -> Response:
         [to_new_event(message, event_id=inbound_event_id(message.message_sid))],
     )
     if not result.duplicate:
-        system.notify_phone(message.phone)
+        system.notify_phone(message.phone, result.version, message)
     return Response(EMPTY_TWIML, status=200, mimetype="application/xml")
 
 
