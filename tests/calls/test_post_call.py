@@ -125,28 +125,31 @@ def signed(body: bytes, seconds_ago: int = 0, secret: str = SECRET) -> str:
 
 
 GOOD = json.dumps(transcription()).encode()
-#: (body, signature header or None, status, words the reason must contain)
-REFUSALS: list[tuple[bytes, str | None, int, str]] = [
-    (GOOD, None, 401, "missing ElevenLabs-Signature"),
-    (GOOD, signed(GOOD, secret="wsec_another_secret_xyz"), 401, "does not match the body"),
-    (GOOD.replace(b"We said hi", b"We said no"), signed(GOOD), 401, "does not match the body"),
-    (GOOD, "t=abc,v0=00", 401, "has no timestamp"),
-    (GOOD, "t=1700000000", 401, "no signature with scheme v0"),
-    (GOOD, signed(GOOD, seconds_ago=31 * 60), 401, "s old, outside the 1800 s tolerance"),
-    (GOOD, signed(GOOD, seconds_ago=-31 * 60), 401, "in the future"),
-    (b'{"type": "post_call_transcr', None, 400, "not JSON"),
-    (b"\xff\xfe{}", None, 400, "not JSON"),
-    (b"[1, 2]", None, 400, "must be a JSON object"),
-    (b'{"data": {}}', None, 400, "has no 'type'"),
-    (b'{"type": "post_call_party", "data": {}}', None, 400, "unknown event type 'post_call_party'"),
-    (
-        b'{"type": "post_call_transcription", "data": {"agent_id": "a"}}',
-        None,
-        400,
-        "data.conversation_id is missing",
-    ),
-    (b'{"type": "call_initiation_failure", "data": "busy"}', None, 400, "must be a JSON object"),
-]
+
+
+def refusals() -> list[tuple[bytes, str | None, int, str]]:
+    """(body, signature header, status, words the reason must contain), signed now."""
+    return [
+        (GOOD, None, 401, "missing ElevenLabs-Signature"),
+        (GOOD, signed(GOOD, secret="wsec_another_secret_xyz"), 401, "does not match the body"),
+        (GOOD.replace(b"We said hi", b"We said no"), signed(GOOD), 401, "does not match"),
+        (GOOD, "t=abc,v0=00", 401, "has no timestamp"),
+        (GOOD, "t=1700000000", 401, "no signature with scheme v0"),
+        (GOOD, signed(GOOD, seconds_ago=31 * 60), 401, "s old, outside the 1800 s tolerance"),
+        (GOOD, signed(GOOD, seconds_ago=-31 * 60), 401, "in the future"),
+        (b'{"type": "post_call_transcr', None, 400, "not JSON"),
+        (b"\xff\xfe{}", None, 400, "not JSON"),
+        (b"[1, 2]", None, 400, "must be a JSON object"),
+        (b'{"data": {}}', None, 400, "has no 'type'"),
+        (b'{"type": "post_call_party", "data": {}}', None, 400, "unknown event type"),
+        (
+            b'{"type": "post_call_transcription", "data": {"agent_id": "a"}}',
+            None,
+            400,
+            "data.conversation_id is missing",
+        ),
+        (b'{"type": "call_initiation_failure", "data": "busy"}', None, 400, "a JSON object"),
+    ]
 
 
 async def test_bad_deliveries_are_refused_with_a_reason_and_nothing_appended(
@@ -154,7 +157,7 @@ async def test_bad_deliveries_are_refused_with_a_reason_and_nothing_appended(
 ) -> None:
     async with webhook_aftercall(store) as ac:
         head = await store.head()
-        for body, signature, status, reason in REFUSALS:
+        for body, signature, status, reason in refusals():
             # Signature cases carry their header; body cases are signed correctly.
             header = signature if status == 401 else signed(body)
             response = await post(ac, body, header)
