@@ -23,7 +23,9 @@ import attrs
 import httpx
 import trio
 
+from actors.call_monitor import CallMonitorHandle, MonitorSettings, open_call_monitor
 from actors.conversation import ConversationState, apply, next_step
+from actors.elevenlabs_api import ElevenLabsAPI
 from actors.phone import PhoneDependencies, PhoneSettings, Wake, phone_actor_factory
 from actors.runtime import ActorSettings, ActorSystem, open_actor_system
 from actors.whatsapp import TwilioConfig, WhatsAppSender
@@ -54,6 +56,7 @@ class System:
     sender: WhatsAppSender
     sandbox: Sandbox | None = None
     resumed_phones: int = 0
+    call_monitor: CallMonitorHandle | None = None
 
     def notify_phone(self, phone: str, version: int | None = None, event: Any = None) -> bool:
         """Tell the phone's actor its stream grew (never waits; the log holds the work).
@@ -157,6 +160,19 @@ async def open_system(
             )
         )
         system = System(settings, store, phones, http, sender, sandbox)
+        if settings.batch_poll_seconds is not None:
+            system.call_monitor = await stack.enter_async_context(
+                open_call_monitor(
+                    store,
+                    ElevenLabsAPI(http, settings.elevenlabs_base_url, settings.elevenlabs_api_key),
+                    MonitorSettings(
+                        agent_id=settings.default_agent_id,
+                        poll_seconds=settings.batch_poll_seconds,
+                        follow_up_failed_calls=settings.follow_up_failed_calls,
+                    ),
+                    system.notify_phone,
+                )
+            )
         system.resumed_phones = await resume_unfinished(store, phones)
         yield system
 
