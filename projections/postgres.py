@@ -1,0 +1,261 @@
+"""Read models in PostgreSQL, through the event store's `Database` (one crossing per page).
+
+Each unit of work is an asyncio coroutine function run by ``Database.transaction``: the
+bridge to asyncpg is crossed once per page, whatever the page holds. Rows go in with one
+``INSERT ... SELECT * FROM unnest(<one array per column>) ON CONFLICT`` per table, which
+runs at COPY-like speed, and are read with ``= ANY($1)``.
+
+After a swap the tables have new oids: a connection that cached a statement against the
+old ones fails that statement once (asyncpg's ``InvalidCachedStatementError``); the runner
+treats that as a reason to try the page again, not as an error (`is_schema_change`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from events.store import RecordedEvent
+from projections.model import ColumnType, Projection, Row, Table, fold_page, wanted_keys
+from projections.readmodels import (
+    CHECKPOINTS,
+    POSTGRES_TYPES,
+    REBUILD_SUFFIX,
+    Checkpoint,
+    CheckpointMoved,
+    NoRebuild,
+    Target,
+    checkpoint_name,
+    create_table_sql,
+    index_name,
+    loadable_key,
+    primary_key_name,
+    records_for,
+    upsert_sql,
+)
+
+if TYPE_CHECKING:
+    from events.postgres import Connection, Database
+
+#: Advisory lock (two-int form, "aftp") taken while tables are created or swapped, so two
+#: processes starting at once take turns instead of racing on the catalog.
+PROJECTIONS_LOCK: Final = "SELECT pg_advisory_xact_lock(1634104432, 0)"
+
+#: From this many rows a table's changes go in by COPY rather than one ``unnest`` insert.
+COPY_FROM: Final = 200
+
+_ARRAY_TYPES: Final[Mapping[ColumnType, str]] = {
+    "text": "text[]",
+    "int": "bigint[]",
+    "float": "float8[]",
+    "time": "timestamptz[]",
+    "bool": "boolean[]",
+}
+
+_CHECKPOINTS_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} ("
+    " name text PRIMARY KEY, position bigint NOT NULL, version integer NOT NULL,"
+    " updated_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+)
+
+
+def is_schema_change(exc: BaseException) -> bool:
+    """A statement cached before a swap, run after it: harmless, try again."""
+    return type(exc).__name__ in ("InvalidCachedStatementError", "UndefinedTableError")
+
+
+@attrs.define(eq=False)
+class PostgresReadModels:
+    database: Database
+    backend: str = "postgres"
+
+    async def prepare(self, projections: Sequence[Projection]) -> dict[str, Checkpoint]:
+        return await self.database.transaction(_prepare, list(projections))
+
+    async def checkpoints(self) -> dict[str, Checkpoint]:
+        return await self.database.run(_checkpoints, retry=True)
+
+    async def project(self, targets: Sequence[Target], records: Sequence[RecordedEvent]) -> int:
+        return await self.database.transaction(_project, list(targets), list(records))
+
+    async def begin_rebuild(self, projection: Projection) -> None:
+        await self.database.transaction(_begin_rebuild, projection)
+
+    async def swap(self, projection: Projection) -> Checkpoint:
+        return await self.database.transaction(_swap, projection)
+
+    async def query(
+        self, sql: str, *params: Any, types: Mapping[str, ColumnType] | None = None
+    ) -> list[Row]:
+        rows = await self.database.fetch(numbered(sql), *params, retry=True)
+        return [dict(row.items()) for row in rows]
+
+
+def numbered(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1, $2, ...``."""
+    pieces = sql.split("?")
+    out = [pieces[0]]
+    for index, piece in enumerate(pieces[1:], start=1):
+        out.append(f"${index}{piece}")
+    return "".join(out)
+
+
+# -- the asyncio side (each function runs in one bridge crossing) ---------------------------
+async def _checkpoints(conn: Connection) -> dict[str, Checkpoint]:
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", CHECKPOINTS)
+    if not exists:
+        return {}
+    rows = await conn.fetch(f"SELECT name, position, version, updated_at FROM {CHECKPOINTS}")
+    return {row["name"]: Checkpoint(**dict(row.items())) for row in rows}
+
+
+async def _prepare(conn: Connection, projections: list[Projection]) -> dict[str, Checkpoint]:
+    await conn.execute(PROJECTIONS_LOCK)
+    await conn.execute(_CHECKPOINTS_DDL)
+    known = await _checkpoints(conn)
+    for projection in projections:
+        if projection.name in known:
+            continue
+        # No checkpoint: whatever tables are there were never committed with one.
+        for table in projection.tables:
+            await conn.execute(f"DROP TABLE IF EXISTS {table.name}")
+            for statement in create_table_sql(table, POSTGRES_TYPES):
+                await conn.execute(statement)
+        await conn.execute(
+            f"INSERT INTO {CHECKPOINTS} (name, position, version) VALUES ($1, 0, $2)",
+            projection.name,
+            projection.version,
+        )
+    return await _checkpoints(conn)
+
+
+async def _project(conn: Connection, targets: list[Target], records: list[RecordedEvent]) -> int:
+    last = records[-1].position
+    for target in targets:
+        name = target.checkpoint
+        actual = await conn.fetchval(
+            f"SELECT position FROM {CHECKPOINTS} WHERE name = $1 FOR UPDATE", name
+        )
+        if actual != target.expected:
+            raise CheckpointMoved(name, target.expected, actual)
+        projection = target.projection
+        plan = projection.plan(records_for(target, records))
+        loaded: dict[str, list[Row]] = {}
+        for table_name, keys in wanted_keys(plan).items():
+            table = projection.table(table_name)
+            key = loadable_key(table)
+            found = await conn.fetch(
+                f"SELECT {', '.join(table.column_names)} FROM {table.name}{target.suffix} "
+                f"WHERE {key} = ANY($1::text[])",
+                [k[0] for k in keys],
+            )
+            loaded[table_name] = [dict(row.items()) for row in found]
+        rows = fold_page(projection, loaded, plan)
+        for change in rows.changes():
+            table = change.table
+            name_ = table.name + target.suffix
+            if change.deletes:
+                await conn.execute(
+                    f"DELETE FROM {name_} WHERE {loadable_key(table)} = ANY($1::text[])",
+                    [k[0] for k in change.deletes],
+                )
+            for batch in (change.upserts, change.increments):
+                if batch:
+                    await _upsert(conn, table, target.suffix, batch)
+        await _save_checkpoint(conn, name, last)
+    return last
+
+
+async def _save_checkpoint(conn: Connection, name: str, position: int) -> None:
+    """The last statement of a page: before it, a crash leaves no trace of the page."""
+    await conn.execute(
+        f"UPDATE {CHECKPOINTS} SET position = $2, updated_at = clock_timestamp() WHERE name = $1",
+        name,
+        position,
+    )
+
+
+async def _upsert(conn: Connection, table: Table, suffix: str, rows: list[Row]) -> None:
+    """Write rows: one ``unnest`` statement, or for many rows COPY into a staging table
+    and one ``INSERT ... SELECT`` (COPY's binary encoding costs half the client CPU)."""
+    names = table.column_names
+    if len(rows) < COPY_FROM:
+        arrays = ", ".join(f"${i}::{_ARRAY_TYPES[c.type]}" for i, c in enumerate(table.columns, 1))
+        await conn.execute(
+            upsert_sql(table, suffix, f"SELECT * FROM unnest({arrays})"),
+            *([row[c] for row in rows] for c in names),
+        )
+        return
+    stage = staging_name(table)
+    # A temporary table lives as long as the pooled connection: made once, emptied after
+    # each use. Its name carries the columns, so a new version never meets an old one.
+    await conn.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table.name}{suffix})")
+    await conn.copy_records_to_table(
+        stage, records=[tuple(row[c] for c in names) for row in rows], columns=names
+    )
+    await conn.execute(upsert_sql(table, suffix, f"SELECT * FROM {stage}"))
+    await conn.execute(f"TRUNCATE {stage}")
+
+
+def staging_name(table: Table) -> str:
+    shape = ",".join(f"{c.name}:{c.type}" for c in table.columns)
+    return f"stage_{table.name}_{zlib.crc32(shape.encode()):08x}"
+
+
+async def _begin_rebuild(conn: Connection, projection: Projection) -> None:
+    await conn.execute(PROJECTIONS_LOCK)
+    await conn.execute(_CHECKPOINTS_DDL)
+    for table in projection.tables:
+        await conn.execute(f"DROP TABLE IF EXISTS {table.name}{REBUILD_SUFFIX}")
+        for statement in create_table_sql(table, POSTGRES_TYPES, REBUILD_SUFFIX):
+            await conn.execute(statement)
+    await conn.execute(
+        f"INSERT INTO {CHECKPOINTS} (name, position, version) VALUES ($1, 0, $2) "
+        "ON CONFLICT (name) DO UPDATE SET position = 0, version = excluded.version,"
+        " updated_at = clock_timestamp()",
+        checkpoint_name(projection, aside=True),
+        projection.version,
+    )
+
+
+async def _swap(conn: Connection, projection: Projection) -> Checkpoint:
+    await conn.execute(PROJECTIONS_LOCK)
+    live, aside = projection.name, checkpoint_name(projection, aside=True)
+    # Lock both rows first (in name order): the live writer waits here, then finds its
+    # checkpoint moved and re-reads it.
+    rows = await conn.fetch(
+        f"SELECT name, position FROM {CHECKPOINTS} WHERE name = ANY($1::text[])"
+        " ORDER BY name FOR UPDATE",
+        [live, aside],
+    )
+    positions = {row["name"]: row["position"] for row in rows}
+    if aside not in positions:
+        raise NoRebuild(f"projection {projection.name} has no rebuild in progress")
+    for table in projection.tables:
+        rebuilt = table.name + REBUILD_SUFFIX
+        await conn.execute(f"DROP TABLE IF EXISTS {table.name}")
+        await conn.execute(f"ALTER TABLE {rebuilt} RENAME TO {table.name}")
+        await conn.execute(
+            f"ALTER INDEX {primary_key_name(table, REBUILD_SUFFIX)} "
+            f"RENAME TO {primary_key_name(table)}"
+        )
+        for columns in table.indexes:
+            await conn.execute(
+                f"ALTER INDEX {index_name(table, columns, REBUILD_SUFFIX)} "
+                f"RENAME TO {index_name(table, columns)}"
+            )
+    row = await conn.fetchrow(
+        f"INSERT INTO {CHECKPOINTS} (name, position, version) VALUES ($1, $2, $3) "
+        "ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+        " version = excluded.version, updated_at = clock_timestamp() "
+        "RETURNING name, position, version, updated_at",
+        live,
+        positions[aside],
+        projection.version,
+    )
+    await conn.execute(f"DELETE FROM {CHECKPOINTS} WHERE name = $1", aside)
+    assert row is not None
+    return Checkpoint(**dict(row.items()))

@@ -1,0 +1,374 @@
+"""Keeping read models up to date: follow the log live, catch up, rebuild aside and swap.
+
+Each projection is followed by a task of its own: it reads a page of the log in the store's
+safe order after its checkpoint (``read_all``), folds it, writes the rows and moves the
+checkpoint in one transaction (`ReadModels.project`), and when the log has nothing more
+waits for the next commit (``wait_for_events``: NOTIFY on PostgreSQL). A projection that
+fails (a bug, the database away) is retried with backoff and reported in `statistics`;
+it never stops the others or the service: read models are secondary to the conversations.
+
+Several processes may run the same projections on one PostgreSQL: each page's checkpoint
+check makes exactly one of them win it; the others re-read the checkpoint and go on.
+
+A rebuild (`rebuild`, ``aftercall projections rebuild``) folds the whole log into aside
+tables, reading the next page while the last one is written, and swaps them in once it
+has caught up. It runs beside the live followers, in this process or another; a live
+follower that finds its checkpoint moved by the swap simply continues from there. A
+projection whose tables were built by an older version of its rules is rebuilt that way
+when its follower starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Final
+
+import attrs
+import trio
+
+from events.store import EventStore, RecordedEvent
+from projections.conversations import CONVERSATIONS_PROJECTION
+from projections.history import HISTORY
+from projections.metrics import METRICS
+from projections.model import Projection
+from projections.postgres import is_schema_change
+from projections.readmodels import (
+    Checkpoint,
+    CheckpointMoved,
+    ReadModels,
+    Target,
+    checkpoint_name,
+)
+
+logger = logging.getLogger(__name__)
+
+ALL_PROJECTIONS: Final[tuple[Projection, ...]] = (HISTORY, CONVERSATIONS_PROJECTION, METRICS)
+#: Events read and written per transaction: large enough that a page costs a handful of
+#: statements per million events, small enough that one page commits in well under a second.
+PAGE_SIZE: Final = 5000
+_FIRST_RETRY: Final = 0.1
+
+
+class UnknownProjection(ValueError):
+    """A projection name that is not one of `ALL_PROJECTIONS`."""
+
+
+def select(names: Sequence[str] | None) -> tuple[Projection, ...]:
+    """The projections with these names (all of them for None or empty)."""
+    if not names:
+        return ALL_PROJECTIONS
+    by_name = {p.name: p for p in ALL_PROJECTIONS}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise UnknownProjection(
+            f"no projection named {', '.join(unknown)}; there are {', '.join(by_name)}"
+        )
+    return tuple(by_name[name] for name in names)
+
+
+@asynccontextmanager
+async def open_read_models(store: EventStore) -> AsyncIterator[ReadModels]:
+    """The read models in the same database as ``store`` (the only place they can be
+    written in one transaction with their checkpoint)."""
+    from events.sqlite import SQLiteEventStore
+
+    if isinstance(store, SQLiteEventStore):
+        from projections.sqlite import open_sqlite_read_models
+
+        async with open_sqlite_read_models(store.path) as models:
+            yield models
+        return
+    from events.postgres import PostgresEventStore
+    from projections.postgres import PostgresReadModels
+
+    if isinstance(store, PostgresEventStore):
+        yield PostgresReadModels(store.database)
+        return
+    raise TypeError(f"no read models for an event store of type {type(store).__name__}")
+
+
+@attrs.frozen
+class RebuildReport:
+    projections: tuple[str, ...]
+    events: int
+    position: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else math.inf
+
+
+async def rebuild(
+    store: EventStore,
+    models: ReadModels,
+    projections: Sequence[Projection] = ALL_PROJECTIONS,
+    *,
+    page_size: int = PAGE_SIZE,
+    on_page: Callable[[int, int], None] | None = None,
+) -> RebuildReport:
+    """Rebuild ``projections`` from position 0 into aside tables, then swap them in.
+
+    One read of the log feeds every projection; each page is one transaction for all of
+    them. The live tables serve (and follow) until the swap. ``on_page(events, position)``
+    reports progress.
+    """
+    started = trio.current_time()
+    for projection in projections:
+        await models.begin_rebuild(projection)
+    position = 0
+    events = 0
+    send, receive = trio.open_memory_channel[list[RecordedEvent]](1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_read_pages, store, position, page_size, send)
+        async with receive:
+            async for records in receive:
+                targets = [Target(p, position, aside=True) for p in projections]
+                # CheckpointMoved here means another rebuild of the same projection began:
+                # it has the aside tables now, and this one stops.
+                position = await models.project(targets, records)
+                events += len(records)
+                if on_page is not None:
+                    on_page(events, position)
+    for projection in projections:
+        await models.swap(projection)
+    return RebuildReport(
+        tuple(p.name for p in projections), events, position, trio.current_time() - started
+    )
+
+
+async def _read_pages(
+    store: EventStore,
+    after: int,
+    page_size: int,
+    send: trio.MemorySendChannel[list[RecordedEvent]],
+) -> None:
+    """Read ahead: the next page is read while the previous one is written."""
+    async with send:
+        while True:
+            records = await store.read_all(after=after, limit=page_size)
+            if not records:
+                return
+            await send.send(records)
+            after = records[-1].position
+
+
+@attrs.frozen
+class ProjectionStatistics:
+    """What one follower knows of its projection, cheaply (for /readyz and the API)."""
+
+    name: str
+    position: int | None
+    pages: int
+    events: int
+    moved: int
+    last_error: str | None
+
+
+@attrs.define(eq=False)
+class _Follower:
+    projection: Projection
+    position: int | None = None
+    pages: int = 0
+    events: int = 0
+    moved: int = 0
+    last_error: str | None = None
+
+
+@attrs.define(eq=False)
+class ProjectionRunner:
+    """Follows every projection live; ``run`` is its one long-lived task."""
+
+    store: EventStore
+    models: ReadModels
+    projections: tuple[Projection, ...] = ALL_PROJECTIONS
+    page_size: int = PAGE_SIZE
+    max_retry_delay: float = 5.0
+    _followers: dict[str, _Follower] = attrs.field(init=False)
+    _advanced: trio.Event = attrs.field(factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self._followers = {p.name: _Follower(p) for p in self.projections}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow every projection until cancelled (started at once: nothing blocks start-up)."""
+        async with trio.open_nursery() as nursery:
+            for follower in self._followers.values():
+                nursery.start_soon(self._follow, follower)
+            task_status.started()
+
+    async def catch_up(self) -> dict[str, int]:
+        """Project everything committed so far, then return every checkpoint.
+
+        For commands and tests: no waiting for new events, and errors are raised.
+        """
+        for follower in self._followers.values():
+            await self._prepare(follower)
+            while await self._step(follower):
+                pass
+        return self.positions()
+
+    def positions(self) -> dict[str, int]:
+        return {name: f.position or 0 for name, f in self._followers.items()}
+
+    async def wait_until(self, position: int) -> None:
+        """Return once every projection has projected the log up to ``position``."""
+        while min(self.positions().values()) < position:
+            await self._advanced.wait()
+
+    def statistics(self) -> list[ProjectionStatistics]:
+        return [
+            ProjectionStatistics(
+                f.projection.name, f.position, f.pages, f.events, f.moved, f.last_error
+            )
+            for f in self._followers.values()
+        ]
+
+    # -- one follower ---------------------------------------------------------------------
+    async def _follow(self, follower: _Follower) -> None:
+        delay = _FIRST_RETRY
+        while True:
+            try:
+                if follower.position is None:
+                    await self._prepare(follower)
+                progressed = await self._step(follower)
+                follower.last_error = None
+                delay = _FIRST_RETRY
+                if not progressed:
+                    assert follower.position is not None
+                    await self.store.wait_for_events(follower.position)
+            except Exception as exc:
+                follower.position = None  # re-read the checkpoint before the next page
+                if is_schema_change(exc):
+                    continue  # tables swapped under a cached statement: simply again
+                follower.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "projection %s failed (%s); retrying in %.1f s",
+                    follower.projection.name,
+                    follower.last_error,
+                    delay,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay)
+
+    async def _prepare(self, follower: _Follower) -> None:
+        projection = follower.projection
+        checkpoints = await self.models.prepare([projection])
+        live = checkpoints[projection.name]
+        if live.version != projection.version:
+            logger.info(
+                "projection %s was built by version %d, this is %d: rebuilding it aside",
+                projection.name,
+                live.version,
+                projection.version,
+            )
+            await rebuild(self.store, self.models, [projection], page_size=self.page_size)
+            live = (await self.models.checkpoints())[projection.name]
+        self._advance(follower, live.position)
+
+    async def _step(self, follower: _Follower) -> bool:
+        """Project one page; False when the log has nothing past the checkpoint."""
+        assert follower.position is not None
+        records = await self.store.read_all(after=follower.position, limit=self.page_size)
+        if not records:
+            return False
+        try:
+            position = await self.models.project(
+                [Target(follower.projection, follower.position)], records
+            )
+        except CheckpointMoved as exc:
+            follower.moved += 1
+            if exc.actual is None:
+                follower.position = None
+                await self._prepare(follower)
+                return True
+            position = exc.actual
+        else:
+            follower.pages += 1
+            follower.events += len(records)
+        self._advance(follower, position)
+        return True
+
+    def _advance(self, follower: _Follower, position: int) -> None:
+        follower.position = position
+        self._advanced.set()
+        self._advanced = trio.Event()
+
+
+@asynccontextmanager
+async def open_projection_runner(
+    store: EventStore, projections: Sequence[Projection] = ALL_PROJECTIONS
+) -> AsyncIterator[ProjectionRunner]:
+    """Read models that follow ``store`` live until the block ends."""
+    async with open_read_models(store) as models, trio.open_nursery() as nursery:
+        runner = ProjectionRunner(store, models, tuple(projections))
+        await nursery.start(runner.run)
+        try:
+            yield runner
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+# -- status -------------------------------------------------------------------------------
+@attrs.frozen
+class ProjectionStatus:
+    """Where a projection stands against the log, for ``aftercall projections status``."""
+
+    name: str
+    version: int
+    state: str  # live | behind | not built | needs rebuild
+    position: int | None
+    head: int
+    behind: int  # log positions not yet projected (= events, unless writes rolled back)
+    lag_seconds: float | None  # age of the oldest event not yet projected
+    updated_at: datetime | None
+    built_version: int | None
+    rebuild_position: int | None  # a rebuild in progress has got this far
+
+
+async def projection_status(
+    store: EventStore,
+    models: ReadModels,
+    projections: Sequence[Projection] = ALL_PROJECTIONS,
+    *,
+    now: datetime | None = None,
+) -> list[ProjectionStatus]:
+    now = now or datetime.now(UTC)
+    head = await store.head()
+    checkpoints = await models.checkpoints()
+    found: list[ProjectionStatus] = []
+    for projection in projections:
+        live: Checkpoint | None = checkpoints.get(projection.name)
+        aside = checkpoints.get(checkpoint_name(projection, aside=True))
+        position = None if live is None else live.position
+        behind = head - (position or 0)
+        lag = None
+        if behind > 0:
+            oldest = await store.read_all(after=position or 0, limit=1)
+            if oldest:
+                lag = max(0.0, (now - oldest[0].recorded_at).total_seconds())
+        if live is None:
+            state = "not built"
+        elif live.version != projection.version:
+            state = "needs rebuild"
+        else:
+            state = "live" if behind <= 0 else "behind"
+        found.append(
+            ProjectionStatus(
+                name=projection.name,
+                version=projection.version,
+                state=state,
+                position=position,
+                head=head,
+                behind=max(0, behind),
+                lag_seconds=lag,
+                updated_at=None if live is None else live.updated_at,
+                built_version=None if live is None else live.version,
+                rebuild_position=None if aside is None else aside.position,
+            )
+        )
+    return found

@@ -1,0 +1,297 @@
+"""Read models in the SQLite file of the embedded event store.
+
+A connection of its own to the same file, used from one worker thread at a time (a
+``CapacityLimiter(1)``, as ``events.sqlite`` does), and a second one for queries so a long
+rebuild page never makes a reader wait. A page is one ``BEGIN IMMEDIATE`` transaction:
+SQLite's write lock serialises it with the event store's own commits and with a rebuild
+run from another process.
+
+``synchronous=NORMAL`` is enough here, unlike the log: in WAL mode a power cut can lose the
+last commits but never tear one, and a lost projection commit takes its checkpoint with it,
+so the page is simply projected again.
+
+Times are stored as ISO 8601 text in UTC with microseconds (so they sort as times), bools
+as 0/1; rows are turned back into Python values when read.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from events.store import RecordedEvent, StoreUnavailable
+from projections.model import ColumnType, Projection, Row, Table, fold_page, wanted_keys
+from projections.readmodels import (
+    CHECKPOINTS,
+    REBUILD_SUFFIX,
+    SQLITE_TYPES,
+    Checkpoint,
+    CheckpointMoved,
+    NoRebuild,
+    Target,
+    checkpoint_name,
+    create_table_sql,
+    index_name,
+    loadable_key,
+    records_for,
+    upsert_sql,
+)
+from projections.rules import time_of
+
+T = TypeVar("T")
+
+_CHECKPOINTS_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} ("
+    " name TEXT PRIMARY KEY, position INTEGER NOT NULL, version INTEGER NOT NULL,"
+    " updated_at TEXT NOT NULL)"
+)
+
+
+@attrs.define(eq=False)
+class SQLiteReadModels:
+    path: Path
+    backend: str = "sqlite"
+    _writer: sqlite3.Connection = attrs.field(init=False)
+    _reader: sqlite3.Connection = attrs.field(init=False)
+    _write_limiter: trio.CapacityLimiter = attrs.field(init=False)
+    _read_limiter: trio.CapacityLimiter = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(1)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await trio.to_thread.run_sync(fn, self._writer, limiter=self._write_limiter)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_limiter)
+
+    async def prepare(self, projections: Sequence[Projection]) -> dict[str, Checkpoint]:
+        return await self._write(lambda conn: _in_transaction(conn, _prepare, list(projections)))
+
+    async def checkpoints(self) -> dict[str, Checkpoint]:
+        return await self._read(_checkpoints)
+
+    async def project(self, targets: Sequence[Target], records: Sequence[RecordedEvent]) -> int:
+        return await self._write(
+            lambda conn: _in_transaction(conn, _project, list(targets), list(records))
+        )
+
+    async def begin_rebuild(self, projection: Projection) -> None:
+        await self._write(lambda conn: _in_transaction(conn, _begin_rebuild, projection))
+
+    async def swap(self, projection: Projection) -> Checkpoint:
+        return await self._write(lambda conn: _in_transaction(conn, _swap, projection))
+
+    async def query(
+        self, sql: str, *params: Any, types: Mapping[str, ColumnType] | None = None
+    ) -> list[Row]:
+        def run(conn: sqlite3.Connection) -> list[Row]:
+            cursor = conn.execute(sql, [_to_sqlite(p) for p in params])
+            names = [d[0] for d in cursor.description]
+            return [_from_sqlite(dict(zip(names, row, strict=True)), types) for row in cursor]
+
+        return await self._read(run)
+
+
+@asynccontextmanager
+async def open_sqlite_read_models(path: Path | str) -> AsyncIterator[SQLiteReadModels]:
+    models = SQLiteReadModels(Path(path))
+
+    def connect() -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        connections = []
+        for _ in range(2):
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            connections.append(conn)
+        return connections[0], connections[1]
+
+    try:
+        models._writer, models._reader = await trio.to_thread.run_sync(connect)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot open the read models in {path}: {exc}") from exc
+    try:
+        yield models
+    finally:
+
+        def close() -> None:
+            models._writer.close()
+            models._reader.close()
+
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(close)
+
+
+# -- the worker thread's side ---------------------------------------------------------------
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _to_sqlite(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _from_sqlite(row: Row, types: Mapping[str, ColumnType] | None) -> Row:
+    for name, type_ in (types or {}).items():
+        value = row.get(name)
+        if value is None:
+            continue
+        if type_ == "time":
+            row[name] = time_of(value)
+        elif type_ == "bool":
+            row[name] = bool(value)
+    return row
+
+
+def _types(table: Table) -> dict[str, ColumnType]:
+    return {c.name: c.type for c in table.columns if c.type in ("time", "bool")}
+
+
+def _checkpoints(conn: sqlite3.Connection) -> dict[str, Checkpoint]:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (CHECKPOINTS,)
+    ).fetchone()
+    if exists is None:
+        return {}
+    rows = conn.execute(f"SELECT name, position, version, updated_at FROM {CHECKPOINTS}")
+    return {
+        name: Checkpoint(name, int(position), int(version), time_of(updated_at))
+        for name, position, version, updated_at in rows
+    }
+
+
+def _create(conn: sqlite3.Connection, table: Table, suffix: str) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS {table.name}{suffix}")
+    for statement in create_table_sql(table, SQLITE_TYPES, suffix):
+        conn.execute(statement)
+
+
+def _prepare(conn: sqlite3.Connection, projections: list[Projection]) -> dict[str, Checkpoint]:
+    conn.execute(_CHECKPOINTS_DDL)
+    known = _checkpoints(conn)
+    for projection in projections:
+        if projection.name in known:
+            continue
+        for table in projection.tables:
+            _create(conn, table, "")
+        conn.execute(
+            f"INSERT INTO {CHECKPOINTS} (name, position, version, updated_at) VALUES (?, 0, ?, ?)",
+            (projection.name, projection.version, _now()),
+        )
+    return _checkpoints(conn)
+
+
+def _project(conn: sqlite3.Connection, targets: list[Target], records: list[RecordedEvent]) -> int:
+    last = records[-1].position
+    for target in targets:
+        name = target.checkpoint
+        found = conn.execute(
+            f"SELECT position FROM {CHECKPOINTS} WHERE name = ?", (name,)
+        ).fetchone()
+        actual = None if found is None else int(found[0])
+        if actual != target.expected:
+            raise CheckpointMoved(name, target.expected, actual)
+        projection = target.projection
+        plan = projection.plan(records_for(target, records))
+        loaded: dict[str, list[Row]] = {}
+        for table_name, keys in wanted_keys(plan).items():
+            table = projection.table(table_name)
+            cursor = conn.execute(
+                f"SELECT {', '.join(table.column_names)} FROM {table.name}{target.suffix} "
+                f"WHERE {loadable_key(table)} IN (SELECT value FROM json_each(?))",
+                (json.dumps([k[0] for k in keys]),),
+            )
+            types = _types(table)
+            loaded[table_name] = [
+                _from_sqlite(dict(zip(table.column_names, row, strict=True)), types)
+                for row in cursor
+            ]
+        rows = fold_page(projection, loaded, plan)
+        for change in rows.changes():
+            table = change.table
+            if change.deletes:
+                conn.execute(
+                    f"DELETE FROM {table.name}{target.suffix} WHERE {loadable_key(table)} "
+                    "IN (SELECT value FROM json_each(?))",
+                    (json.dumps([k[0] for k in change.deletes]),),
+                )
+            marks = ", ".join("?" * len(table.columns))
+            statement = upsert_sql(table, target.suffix, f"VALUES ({marks})")
+            for batch in (change.upserts, change.increments):
+                if batch:
+                    conn.executemany(
+                        statement,
+                        [[_to_sqlite(row[c]) for c in table.column_names] for row in batch],
+                    )
+        _save_checkpoint(conn, name, last)
+    return last
+
+
+def _save_checkpoint(conn: sqlite3.Connection, name: str, position: int) -> None:
+    """The last statement of a page: before it, a crash leaves no trace of the page."""
+    conn.execute(
+        f"UPDATE {CHECKPOINTS} SET position = ?, updated_at = ? WHERE name = ?",
+        (position, _now(), name),
+    )
+
+
+def _begin_rebuild(conn: sqlite3.Connection, projection: Projection) -> None:
+    conn.execute(_CHECKPOINTS_DDL)
+    for table in projection.tables:
+        _create(conn, table, REBUILD_SUFFIX)
+    conn.execute(
+        f"INSERT INTO {CHECKPOINTS} (name, position, version, updated_at) VALUES (?, 0, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET position = 0, version = excluded.version,"
+        " updated_at = excluded.updated_at",
+        (checkpoint_name(projection, aside=True), projection.version, _now()),
+    )
+
+
+def _swap(conn: sqlite3.Connection, projection: Projection) -> Checkpoint:
+    aside = checkpoint_name(projection, aside=True)
+    found = conn.execute(f"SELECT position FROM {CHECKPOINTS} WHERE name = ?", (aside,)).fetchone()
+    if found is None:
+        raise NoRebuild(f"projection {projection.name} has no rebuild in progress")
+    position = int(found[0])
+    for table in projection.tables:
+        conn.execute(f"DROP TABLE IF EXISTS {table.name}")
+        conn.execute(f"ALTER TABLE {table.name}{REBUILD_SUFFIX} RENAME TO {table.name}")
+        # SQLite cannot rename an index: make the live names again on the renamed table.
+        for columns in table.indexes:
+            conn.execute(f"DROP INDEX IF EXISTS {index_name(table, columns, REBUILD_SUFFIX)}")
+            conn.execute(
+                f"CREATE INDEX {index_name(table, columns)} ON {table.name} ({', '.join(columns)})"
+            )
+    updated = _now()
+    conn.execute(
+        f"INSERT INTO {CHECKPOINTS} (name, position, version, updated_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+        " version = excluded.version, updated_at = excluded.updated_at",
+        (projection.name, position, projection.version, updated),
+    )
+    conn.execute(f"DELETE FROM {CHECKPOINTS} WHERE name = ?", (aside,))
+    return Checkpoint(projection.name, position, projection.version, time_of(updated))
