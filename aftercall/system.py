@@ -33,6 +33,7 @@ from aftercall.settings import Settings, is_sandbox, load_settings
 from events.codec import UnknownEventType, decode
 from events.open import open_store
 from events.store import EventStore
+from projections.runner import ProjectionRunner, open_projection_runner
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class System:
     sandbox: Sandbox | None = None
     resumed_phones: int = 0
     call_monitor: CallMonitorHandle | None = None
+    #: The read models following the log (history, conversations, metrics).
+    projections: ProjectionRunner | None = None
 
     def notify_phone(self, phone: str, version: int | None = None, event: Any = None) -> bool:
         """Tell the phone's actor its stream grew (never waits; the log holds the work).
@@ -122,6 +125,9 @@ async def open_system(
             store = await stack.enter_async_context(
                 open_store(settings.store.database_url, settings.store.sqlite_path)
             )
+        # Read models follow the log from here on; they are closed after everything that
+        # appends (the exit stack unwinds in reverse), and never hold up start-up.
+        projections = await stack.enter_async_context(open_projection_runner(store))
         http = await stack.enter_async_context(
             httpx.AsyncClient(
                 timeout=httpx.Timeout(15.0, connect=5.0),
@@ -159,7 +165,7 @@ async def open_system(
                 ActorSettings(idle_timeout=settings.idle_timeout),
             )
         )
-        system = System(settings, store, phones, http, sender, sandbox)
+        system = System(settings, store, phones, http, sender, sandbox, projections=projections)
         if settings.batch_poll_seconds is not None:
             system.call_monitor = await stack.enter_async_context(
                 open_call_monitor(
