@@ -6,8 +6,8 @@ The stored ``state`` is where the conversation stood after its last event:
   messages not yet answered, or reply parts not yet settled with Twilio;
 - ``waiting``: everything is answered; the next move is the person's;
 - ``failed``: the last thing that happened went wrong and nothing has recovered it since:
-  Twilio refused or failed the last reply, the phone's actor was stopped by its
-  supervisor, or the call itself failed.
+  Twilio refused the last reply or failed to deliver the last message sent, the phone's
+  actor was stopped by its supervisor, or the call itself failed.
 
 ``idle`` depends on the clock, not on an event, so it is decided when read
 (`effective_state`): a ``waiting`` conversation with no message either way for 24 hours,
@@ -40,7 +40,8 @@ CONVERSATIONS = Table(
         " calls_failed int, messages_in int, messages_out int, replies_failed int,"
         " fallbacks int, unanswered int, pending_parts int, first_message_due bool,"
         " failing bool, actor_stopped bool, last_inbound_at time, last_inbound_text text,"
-        " last_outbound_at time, last_outbound_text text, window_ends_at time,"
+        " last_outbound_at time, last_outbound_text text, last_outbound_sid text,"
+        " window_ends_at time,"
         " last_activity_at time, last_error text, last_error_at time, started_at time,"
         " updated_at time, position int"
     ),
@@ -157,6 +158,7 @@ def _sent(rows: RowSet, row: Row, record: RecordedEvent) -> None:
     row["messages_out"] += 1
     row["failing"] = False
     row["last_outbound_at"] = at
+    row["last_outbound_sid"] = data["message_sid"]
     if pending is not None:
         row["last_outbound_text"] = pending["body"]
     _touch(row, at)
@@ -177,7 +179,9 @@ def _reply_failed(rows: RowSet, row: Row, record: RecordedEvent) -> None:
 def _status(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
     data = record.data
     if data["status"] in FAILED_STATUSES:
-        row["failing"] = True
+        # A late callback about an older message says nothing about where things stand now.
+        if data["message_sid"] == row["last_outbound_sid"]:
+            row["failing"] = True
         detail = data.get("error_message") or data["status"]
         _error(row, _twilio(data.get("error_code"), detail), time_of(data["at"]))
 
@@ -264,7 +268,7 @@ def effective_state(state: str, last_activity_at: datetime | None, now: datetime
 
 CONVERSATIONS_PROJECTION = Projection(
     "conversations",
-    1,
+    2,
     (CONVERSATIONS, OUTBOX),
     {
         "CallCompleted": _rule(_call_completed),
