@@ -17,7 +17,7 @@ from quart_trio import QuartTrio
 
 from events.codec import to_new_event
 from events.conversation import inbound_event_id, phone_stream, status_event_id
-from web import post_call
+from web import api, post_call
 from web.twilio_forms import (
     EMPTY_TWIML,
     Form,
@@ -34,6 +34,7 @@ def register(app: QuartTrio) -> None:
     app.add_url_rule("/webhooks/twilio/whatsapp", view_func=twilio_whatsapp, methods=["POST"])
     app.add_url_rule("/webhooks/twilio/status", view_func=twilio_status, methods=["POST"])
     post_call.register(app)
+    api.register(app)
 
 
 def _system() -> Any:
