@@ -17,7 +17,9 @@ import trio
 #: Modules that contribute subcommands; each has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "aftercall.serve",
+    "aftercall.calls_cli",
     "events.cli",
+    "projections.cli",
     "sandbox.cli",
 )
 
