@@ -226,7 +226,8 @@ def error_detail(response: httpx.Response, secret: str | None) -> str:
     try:
         body = response.json()
     except ValueError:
-        text = response.text.strip()
+        # Not ElevenLabs' JSON (a proxy's HTML page, a wrong base URL): its words are noise.
+        text = response.reason_phrase or "no JSON answer"
     else:
         detail = body.get("detail", body) if isinstance(body, Mapping) else body
         if isinstance(detail, Mapping):
@@ -242,7 +243,7 @@ def error_detail(response: httpx.Response, secret: str | None) -> str:
             text = str(detail)
     if secret:
         text = text.replace(secret, "[redacted]")
-    return text[:MAX_DETAIL] or response.reason_phrase
+    return " ".join(text.split())[:MAX_DETAIL] or response.reason_phrase
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
