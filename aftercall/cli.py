@@ -18,7 +18,6 @@ import trio
 COMMAND_MODULES: tuple[str, ...] = (
     "aftercall.serve",
     "aftercall.calls_cli",
-    "aftercall.calls_cli",
     "events.cli",
     "projections.cli",
     "sandbox.cli",
