@@ -22,15 +22,15 @@ Lifecycle of one actor id in one process::
     crash in activate/handle/a resource task ──> deactivate ──> restart after backoff
          ──> or, past the restart limit: ``ActorStopped`` appended, cool-down
 
-Memory: an idle actor costs its task (a coroutine waiting in ``receive``), a memory
-channel, one nursery for the resources it owns, and the actor object itself: about 7 KiB
-with trio 0.35 (``benchmarks/actors.py`` measures it).
+Memory: an idle actor costs its task (a coroutine waiting in ``receive``), its mailbox
+(``actors.mailbox``, not a trio memory channel: that alone is ~2 KiB), the nursery for the
+resources it owns, the cancel scope that carries its idle deadline, and the actor object:
+about 6 KiB in all with trio 0.35 (``benchmarks/actors.py`` measures it).
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 import math
 import random
@@ -42,6 +42,7 @@ from typing import Final, Generic, Protocol, TypeAlias, TypeVar
 import attrs
 import trio
 
+from actors.mailbox import Mailbox
 from actors.statistics import ActorState, ActorStatistics, Failure, RegistryStatistics
 from actors.supervision import Stop, SupervisionPolicy, decide_after_crash
 from events.codec import to_new_event
@@ -281,13 +282,12 @@ class _Activation(Generic[M]):
 
     system: ActorSystem[M]
     actor_id: str
-    mailbox: trio.MemorySendChannel[M]
-    inbox: trio.MemoryReceiveChannel[M]
+    mailbox: Mailbox[M]
     predecessor: _Activation[M] | None = None
     state: ActorState = "waiting"
     ctx: ActorContext[M] | None = None
-    #: Around ``activate`` and each ``handle``: shutdown gives it a deadline.
-    work_scope: trio.CancelScope | None = None
+    #: The cancel scope of the current instance's nursery: shutdown gives it a deadline.
+    scope: trio.CancelScope | None = None
     #: Created when the activation leaves the registry; set when its task has ended.
     done: trio.Event | None = None
     history: tuple[float, ...] = ()
@@ -352,16 +352,22 @@ class _Activation(Generic[M]):
         try:
             actor = system.factory(self.actor_id)
             async with trio.open_nursery() as resources:
+                # Shutdown bounds the message in hand by giving this scope a deadline: one
+                # scope per instance rather than one per message. It cancels the actor's
+                # own tasks too, which shutdown does right after anyway.
+                self.scope = resources.cancel_scope
+                if system._closing:
+                    resources.cancel_scope.deadline = system._work_deadline
                 ctx: ActorContext[M] = ActorContext(self.actor_id, system.store, resources)
                 self.ctx = ctx
                 try:
-                    activated = await self._work(functools.partial(actor.activate, ctx))
-                    if activated:
-                        now = trio.current_time()
-                        self.active_since = now
-                        if self.idle_since is None:
-                            self.idle_since = now
-                        await self._serve(actor, ctx)
+                    await self._work(actor.activate(ctx))
+                    activated = True
+                    now = trio.current_time()
+                    self.active_since = now
+                    if self.idle_since is None:
+                        self.idle_since = now
+                    await self._serve(actor, ctx)
                 finally:
                     if activated:
                         await self._deactivate(actor, ctx)
@@ -385,63 +391,60 @@ class _Activation(Generic[M]):
             raise cancelled from None
         finally:
             self.ctx = None
+            self.scope = None
         return None
 
-    async def _work(self, call: Callable[[], Awaitable[None]]) -> bool:
-        """Run ``activate`` or one ``handle``; False if shutdown's deadline cut it short."""
-        system = self.system
-        with trio.CancelScope() as scope:
-            if system._closing:
-                scope.deadline = system._work_deadline
-            self.work_scope = scope
-            try:
-                await call()
-            finally:
-                self.work_scope = None
-        if scope.cancelled_caught:
-            system._interrupted += 1
-            return False
-        return True
+    async def _work(self, work: Awaitable[None]) -> None:
+        """Run ``activate`` or one ``handle``, counting it if shutdown's deadline cuts it."""
+        try:
+            await work
+        except trio.Cancelled:
+            if self.system._closing:
+                self.system._interrupted += 1
+            raise
 
     async def _serve(self, actor: Actor[M], ctx: ActorContext[M]) -> None:
         """Handle timers and messages one at a time until passivation or shutdown."""
         system = self.system
         idle_timeout = system.settings.idle_timeout
-        inbox = self.inbox
+        mailbox = self.mailbox
         while not system._closing:
             timer = ctx._pop_due(trio.current_time())
             if not isinstance(timer, _Nothing):
                 self.state = "handling"
                 self.timer_firings += 1
-                await self._work(functools.partial(actor.handle, timer, ctx))
+                await self._work(actor.handle(timer, ctx))
                 continue
-            assert self.idle_since is not None
-            idle_deadline = self.idle_since + idle_timeout
             message: M | _Nothing = _NOTHING
-            self.state = "idle"
-            with trio.move_on_at(min(idle_deadline, ctx._next_deadline())) as waiting:
-                ctx._waiting = waiting
-                try:
-                    message = await inbox.receive()
-                except trio.EndOfChannel:  # closed by shutdown
-                    return
-                finally:
-                    ctx._waiting = None
-            if isinstance(message, _Nothing):
-                # The wait timed out; a message may have come in after the deadline fired
-                # and before this task ran again.
-                try:
-                    message = inbox.receive_nowait()
-                except trio.WouldBlock:
-                    if trio.current_time() >= idle_deadline and not system._closing:
+            if mailbox.depth:
+                # Busy: no waiting, so no deadline (a cancel scope per message costs).
+                message = await mailbox.receive()
+            else:
+                assert self.idle_since is not None
+                idle_deadline = self.idle_since + idle_timeout
+                self.state = "idle"
+                with trio.move_on_at(min(idle_deadline, ctx._next_deadline())) as waiting:
+                    ctx._waiting = waiting
+                    try:
+                        message = await mailbox.receive()
+                    except trio.EndOfChannel:  # closed by shutdown
+                        return
+                    finally:
+                        ctx._waiting = None
+                if isinstance(message, _Nothing):
+                    # The wait timed out. A message that came in after the deadline fired
+                    # (before this task ran again) is in the mailbox: not idle then.
+                    if (
+                        not mailbox.depth
+                        and trio.current_time() >= idle_deadline
+                        and not system._closing
+                    ):
                         system._leave(self)
                         system._passivations += 1
                         return
-                    continue  # a timer is due
-                except trio.EndOfChannel:
-                    return
+                    continue  # a timer is due, or that message is waiting
             self.state = "handling"
-            await self._work(functools.partial(actor.handle, message, ctx))
+            await self._work(actor.handle(message, ctx))
             self.messages_handled += 1
             system._handled += 1
             self.idle_since = trio.current_time()
@@ -496,7 +499,7 @@ class _Activation(Generic[M]):
         system._stops += 1
         # Messages that were waiting are the "next message" that brings the actor back
         # after the cool-down: hand them to a new activation, which waits it out.
-        pending = self._drain()
+        pending = self.mailbox.drain()
         if pending:
             successor = system._activation_for(self.actor_id)
             for waiting in pending:
@@ -522,23 +525,15 @@ class _Activation(Generic[M]):
         if scope.cancelled_caught:
             logger.error("recording that actor %s was stopped timed out", self.actor_id)
 
-    def _drain(self) -> list[M]:
-        drained: list[M] = []
-        while True:
-            try:
-                drained.append(self.inbox.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return drained
-
     def statistics(self) -> ActorStatistics:
-        mailbox = self.mailbox.statistics()
+        mailbox = self.mailbox
         ctx = self.ctx
         return ActorStatistics(
             actor_id=self.actor_id,
             state=self.state,
-            mailbox_depth=mailbox.current_buffer_used,
-            mailbox_size=int(mailbox.max_buffer_size),
-            waiting_senders=mailbox.tasks_waiting_send,
+            mailbox_depth=mailbox.depth,
+            mailbox_size=mailbox.capacity,
+            waiting_senders=mailbox.waiting_senders,
             messages_handled=self.messages_handled,
             timer_firings=self.timer_firings,
             timers_set=0 if ctx is None else ctx._timer_count(),
@@ -638,9 +633,11 @@ class ActorSystem(Generic[M]):
             return activation
         validate_actor_id(actor_id)
         assert self._nursery is not None, "use open_actor_system to run an actor system"
-        mailbox, inbox = trio.open_memory_channel[M](self.settings.mailbox_size)
         activation = _Activation(
-            self, actor_id, mailbox, inbox, predecessor=self._leaving.get(actor_id)
+            self,
+            actor_id,
+            Mailbox(self.settings.mailbox_size),
+            predecessor=self._leaving.get(actor_id),
         )
         self._active[actor_id] = activation
         self._activations += 1
@@ -699,7 +696,7 @@ class ActorSystem(Generic[M]):
         self._closed.set()
         for activation in (*self._active.values(), *self._leaving.values()):
             activation.mailbox.close()  # idle actors wake with EndOfChannel
-            scope = activation.work_scope
+            scope = activation.scope
             if scope is not None:
                 scope.deadline = min(scope.deadline, self._work_deadline)
         if self._host_scope is not None:
@@ -709,7 +706,7 @@ class ActorSystem(Generic[M]):
 
     # -- observing -------------------------------------------------------------------------
     def statistics(self) -> RegistryStatistics:
-        depths = [a.mailbox.statistics().current_buffer_used for a in self._active.values()]
+        depths = [activation.mailbox.depth for activation in self._active.values()]
         now = trio.current_time()
         return RegistryStatistics(
             active_actors=len(self._active),
