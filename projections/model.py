@@ -131,12 +131,18 @@ class Projection:
 
 @attrs.frozen
 class Changes:
-    """What one page did to one table: full rows to upsert, keys to delete, increments."""
+    """What one page did to one table: whole rows to upsert, keys to delete, increments.
+
+    Rows are tuples in the table's column order, taken when the page was folded: a later
+    page may change the same row while this one is still being written.
+    """
 
     table: Table
-    upserts: list[Row]
+    upserts: list[tuple[Any, ...]]
     deletes: list[Key]
-    increments: list[Row]
+    increments: list[tuple[Any, ...]]
+    #: Rows known not to be in the table yet (plain inserts, see `RowSet.take_changes`).
+    inserts: list[tuple[Any, ...]] = attrs.field(factory=list)
 
 
 class RowSet:
@@ -152,6 +158,7 @@ class RowSet:
         self._rows: dict[str, dict[Key, Row | None]] = {name: {} for name in self._tables}
         self._dirty: dict[str, set[Key]] = {name: set() for name in self._tables}
         self._increments: dict[str, dict[Key, Row]] = {name: {} for name in self._tables}
+        self._written: dict[str, set[Key]] = {name: set() for name in self._tables}
         # One lookup per put: it runs for nearly every event of a rebuild.
         self._put_into = {
             name: (self._rows[name], self._dirty[name], table.column_set, table.key)
@@ -200,18 +207,60 @@ class RowSet:
 
     def changes(self) -> Iterator[Changes]:
         for name, spec in self._tables.items():
-            upserts: list[Row] = []
+            upserts: list[tuple[Any, ...]] = []
             deletes: list[Key] = []
             known = self._rows[name]
+            columns = spec.column_names
             for key in self._dirty[name]:
                 row = known[key]
                 if row is None:
                     deletes.append(key)
                 else:
-                    upserts.append(row)
-            increments = list(self._increments[name].values())
+                    upserts.append(tuple([row[c] for c in columns]))
+            increments = [
+                tuple([row[c] for c in columns]) for row in self._increments[name].values()
+            ]
             if upserts or deletes or increments:
                 yield Changes(spec, upserts, deletes, increments)
+
+    def take_changes(self) -> list[Changes]:
+        """The changes since the last call; the rows stay, a cache for the next page.
+
+        Only for a `RowSet` that has seen every row of its tables from the start (a
+        rebuild into empty tables): then a row it never handed out before is known not to
+        be in the table, and goes in as a plain insert.
+        """
+        taken = []
+        for name, spec in self._tables.items():
+            inserts: list[tuple[Any, ...]] = []
+            upserts: list[tuple[Any, ...]] = []
+            deletes: list[Key] = []
+            known = self._rows[name]
+            written = self._written[name]
+            columns = spec.column_names
+            for key in self._dirty[name]:
+                row = known[key]
+                if row is None:
+                    known.pop(key)
+                    if key in written:
+                        written.discard(key)
+                        deletes.append(key)
+                elif key in written:
+                    upserts.append(tuple([row[c] for c in columns]))
+                else:
+                    written.add(key)
+                    inserts.append(tuple([row[c] for c in columns]))
+            increments = [
+                tuple([row[c] for c in columns]) for row in self._increments[name].values()
+            ]
+            if inserts or upserts or deletes or increments:
+                taken.append(Changes(spec, upserts, deletes, increments, inserts))
+            self._dirty[name].clear()
+            self._increments[name].clear()
+        return taken
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self._rows.values())
 
 
 def wanted_keys(plan: Iterable[tuple[Rule, str, RecordedEvent]]) -> dict[str, set[Key]]:

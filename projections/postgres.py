@@ -13,13 +13,21 @@ treats that as a reason to try the page again, not as an error (`is_schema_chang
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from events.store import RecordedEvent
-from projections.model import ColumnType, Projection, Row, Table, fold_page, wanted_keys
+from projections.model import (
+    Changes,
+    ColumnType,
+    Projection,
+    Row,
+    Table,
+    fold_page,
+    wanted_keys,
+)
 from projections.readmodels import (
     CHECKPOINTS,
     POSTGRES_TYPES,
@@ -31,6 +39,7 @@ from projections.readmodels import (
     checkpoint_name,
     create_table_sql,
     index_name,
+    index_sql,
     loadable_key,
     primary_key_name,
     records_for,
@@ -81,10 +90,16 @@ class PostgresReadModels:
     async def project(self, targets: Sequence[Target], records: Sequence[RecordedEvent]) -> int:
         return await self.database.transaction(_project, list(targets), list(records))
 
+    async def write(self, work: Sequence[tuple[Target, list[Changes]]], last: int) -> int:
+        return await self.database.transaction(_write, list(work), last)
+
     async def begin_rebuild(self, projection: Projection) -> None:
         await self.database.transaction(_begin_rebuild, projection)
 
     async def swap(self, projection: Projection) -> Checkpoint:
+        # Indexes and WAL for the rebuilt tables first, outside the swap: readers of the
+        # live tables wait only for the renames.
+        await self.database.transaction(_finish_rebuild, projection)
         return await self.database.transaction(_swap, projection)
 
     async def query(
@@ -136,11 +151,7 @@ async def _project(conn: Connection, targets: list[Target], records: list[Record
     last = records[-1].position
     for target in targets:
         name = target.checkpoint
-        actual = await conn.fetchval(
-            f"SELECT position FROM {CHECKPOINTS} WHERE name = $1 FOR UPDATE", name
-        )
-        if actual != target.expected:
-            raise CheckpointMoved(name, target.expected, actual)
+        await _check_checkpoint(conn, target)
         projection = target.projection
         plan = projection.plan(records_for(target, records))
         loaded: dict[str, list[Row]] = {}
@@ -154,19 +165,43 @@ async def _project(conn: Connection, targets: list[Target], records: list[Record
             )
             loaded[table_name] = [dict(row.items()) for row in found]
         rows = fold_page(projection, loaded, plan)
-        for change in rows.changes():
-            table = change.table
-            name_ = table.name + target.suffix
-            if change.deletes:
-                await conn.execute(
-                    f"DELETE FROM {name_} WHERE {loadable_key(table)} = ANY($1::text[])",
-                    [k[0] for k in change.deletes],
-                )
-            for batch in (change.upserts, change.increments):
-                if batch:
-                    await _upsert(conn, table, target.suffix, batch)
+        await _write_changes(conn, target, rows.changes())
         await _save_checkpoint(conn, name, last)
     return last
+
+
+async def _write_changes(conn: Connection, target: Target, changes: Iterable[Changes]) -> None:
+    for change in changes:
+        table = change.table
+        if change.deletes:
+            await conn.execute(
+                f"DELETE FROM {table.name}{target.suffix} WHERE {loadable_key(table)}"
+                " = ANY($1::text[])",
+                [k[0] for k in change.deletes],
+            )
+        if change.inserts:
+            await conn.copy_records_to_table(
+                table.name + target.suffix, records=change.inserts, columns=table.column_names
+            )
+        for batch in (change.upserts, change.increments):
+            if batch:
+                await _upsert(conn, table, target.suffix, batch)
+
+
+async def _write(conn: Connection, work: list[tuple[Target, list[Changes]]], last: int) -> int:
+    for target, changes in work:
+        await _check_checkpoint(conn, target)
+        await _write_changes(conn, target, changes)
+        await _save_checkpoint(conn, target.checkpoint, last)
+    return last
+
+
+async def _check_checkpoint(conn: Connection, target: Target) -> None:
+    actual = await conn.fetchval(
+        f"SELECT position FROM {CHECKPOINTS} WHERE name = $1 FOR UPDATE", target.checkpoint
+    )
+    if actual != target.expected:
+        raise CheckpointMoved(target.checkpoint, target.expected, actual)
 
 
 async def _save_checkpoint(conn: Connection, name: str, position: int) -> None:
@@ -178,7 +213,7 @@ async def _save_checkpoint(conn: Connection, name: str, position: int) -> None:
     )
 
 
-async def _upsert(conn: Connection, table: Table, suffix: str, rows: list[Row]) -> None:
+async def _upsert(conn: Connection, table: Table, suffix: str, rows: list[tuple[Any, ...]]) -> None:
     """Write rows: one ``unnest`` statement, or for many rows COPY into a staging table
     and one ``INSERT ... SELECT`` (COPY's binary encoding costs half the client CPU)."""
     names = table.column_names
@@ -186,16 +221,14 @@ async def _upsert(conn: Connection, table: Table, suffix: str, rows: list[Row]) 
         arrays = ", ".join(f"${i}::{_ARRAY_TYPES[c.type]}" for i, c in enumerate(table.columns, 1))
         await conn.execute(
             upsert_sql(table, suffix, f"SELECT * FROM unnest({arrays})"),
-            *([row[c] for row in rows] for c in names),
+            *([row[i] for row in rows] for i in range(len(names))),
         )
         return
     stage = staging_name(table)
     # A temporary table lives as long as the pooled connection: made once, emptied after
     # each use. Its name carries the columns, so a new version never meets an old one.
     await conn.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table.name}{suffix})")
-    await conn.copy_records_to_table(
-        stage, records=[tuple(row[c] for c in names) for row in rows], columns=names
-    )
+    await conn.copy_records_to_table(stage, records=rows, columns=names)
     await conn.execute(upsert_sql(table, suffix, f"SELECT * FROM {stage}"))
     await conn.execute(f"TRUNCATE {stage}")
 
@@ -210,7 +243,11 @@ async def _begin_rebuild(conn: Connection, projection: Projection) -> None:
     await conn.execute(_CHECKPOINTS_DDL)
     for table in projection.tables:
         await conn.execute(f"DROP TABLE IF EXISTS {table.name}{REBUILD_SUFFIX}")
-        for statement in create_table_sql(table, POSTGRES_TYPES, REBUILD_SUFFIX):
+        # Unlogged while it is built (no WAL per row: a crash empties it, and a rebuild
+        # after a crash starts again anyway); logged in one pass before the swap.
+        for statement in create_table_sql(
+            table, POSTGRES_TYPES, REBUILD_SUFFIX, unlogged=True, indexes=False
+        ):
             await conn.execute(statement)
     await conn.execute(
         f"INSERT INTO {CHECKPOINTS} (name, position, version) VALUES ($1, 0, $2) "
@@ -219,6 +256,16 @@ async def _begin_rebuild(conn: Connection, projection: Projection) -> None:
         checkpoint_name(projection, aside=True),
         projection.version,
     )
+
+
+async def _finish_rebuild(conn: Connection, projection: Projection) -> None:
+    for table in projection.tables:
+        rebuilt = table.name + REBUILD_SUFFIX
+        if await conn.fetchval("SELECT to_regclass($1) IS NULL", rebuilt):
+            raise NoRebuild(f"projection {projection.name} has no rebuild in progress")
+        for statement in index_sql(table, REBUILD_SUFFIX):
+            await conn.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS"))
+        await conn.execute(f"ALTER TABLE {rebuilt} SET LOGGED")
 
 
 async def _swap(conn: Connection, projection: Projection) -> Checkpoint:

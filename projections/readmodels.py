@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from events.store import EventStoreError, RecordedEvent
-from projections.model import ColumnType, Projection, Row, Table
+from projections.model import Changes, ColumnType, Projection, Row, Table
 
 CHECKPOINTS: Final = "projection_checkpoints"
 REBUILD_SUFFIX: Final = "_rebuild"
@@ -96,6 +96,11 @@ class ReadModels(Protocol):
         """
         ...
 
+    async def write(self, work: Sequence[tuple[Target, list[Changes]]], last: int) -> int:
+        """Write changes already folded (``RowSet.take_changes``) and move each target's
+        checkpoint to ``last``, in one transaction (`CheckpointMoved` as for `project`)."""
+        ...
+
     async def begin_rebuild(self, projection: Projection) -> None:
         """Empty aside tables and an aside checkpoint at 0 (dropping an earlier attempt)."""
         ...
@@ -140,19 +145,34 @@ def index_name(table: Table, columns: Sequence[str], suffix: str = "") -> str:
     return f"{table.name}{suffix}_{'_'.join(columns)}_idx"
 
 
-def create_table_sql(table: Table, types: Mapping[ColumnType, str], suffix: str = "") -> list[str]:
+def create_table_sql(
+    table: Table,
+    types: Mapping[ColumnType, str],
+    suffix: str = "",
+    *,
+    unlogged: bool = False,
+    indexes: bool = True,
+) -> list[str]:
     name = table.name + suffix
     body = ", ".join(f"{c.name} {types[c.type]}" for c in table.columns)
     key = ", ".join(table.key)
     statements = [
-        f"CREATE TABLE {name} ({body}, "
+        f"CREATE {'UNLOGGED ' if unlogged else ''}TABLE {name} ({body}, "
         f"CONSTRAINT {primary_key_name(table, suffix)} PRIMARY KEY ({key}))"
     ]
-    for columns in table.indexes:
-        statements.append(
-            f"CREATE INDEX {index_name(table, columns, suffix)} ON {name} ({', '.join(columns)})"
-        )
+    if indexes:
+        statements += index_sql(table, suffix)
     return statements
+
+
+def index_sql(table: Table, suffix: str = "") -> list[str]:
+    """The secondary indexes; a rebuild makes them once its rows are in (one sort each
+    instead of a million index insertions)."""
+    name = table.name + suffix
+    return [
+        f"CREATE INDEX {index_name(table, columns, suffix)} ON {name} ({', '.join(columns)})"
+        for columns in table.indexes
+    ]
 
 
 def upsert_sql(table: Table, suffix: str, values: str) -> str:

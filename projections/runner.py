@@ -34,7 +34,7 @@ from events.store import EventStore, RecordedEvent
 from projections.conversations import CONVERSATIONS_PROJECTION
 from projections.history import HISTORY
 from projections.metrics import METRICS
-from projections.model import Projection
+from projections.model import Changes, Projection, RowSet
 from projections.postgres import is_schema_change
 from projections.readmodels import (
     Checkpoint,
@@ -50,6 +50,11 @@ ALL_PROJECTIONS: Final[tuple[Projection, ...]] = (HISTORY, CONVERSATIONS_PROJECT
 #: Events read and written per transaction: large enough that a page costs a handful of
 #: statements per million events, small enough that one page commits in well under a second.
 PAGE_SIZE: Final = 5000
+#: A rebuild's pages are larger: it is throughput, not latency, and fewer pages write
+#: each busy row fewer times.
+REBUILD_PAGE_SIZE: Final = 20_000
+#: Rows a rebuild keeps in memory (roughly a kilobyte each) before it reads them instead.
+MAX_CACHED_ROWS: Final = 1_500_000
 _FIRST_RETRY: Final = 0.1
 
 
@@ -108,37 +113,84 @@ async def rebuild(
     models: ReadModels,
     projections: Sequence[Projection] = ALL_PROJECTIONS,
     *,
-    page_size: int = PAGE_SIZE,
+    page_size: int = REBUILD_PAGE_SIZE,
     on_page: Callable[[int, int], None] | None = None,
+    max_cached_rows: int = MAX_CACHED_ROWS,
 ) -> RebuildReport:
     """Rebuild ``projections`` from position 0 into aside tables, then swap them in.
 
     One read of the log feeds every projection; each page is one transaction for all of
-    them. The live tables serve (and follow) until the swap. ``on_page(events, position)``
-    reports progress.
+    them, and the live tables serve (and follow) until the swap. The aside tables start
+    empty and only this rebuild writes them (their checkpoint says so on every page), so
+    the rows it wrote are kept in memory: a page needs no reads, and the next page is
+    read and folded while the last one is being written. Past ``max_cached_rows`` the
+    memory is let go and each page reads the rows it needs, as the live runner does.
+    ``on_page(events, position)`` reports progress after each commit.
     """
     started = trio.current_time()
     for projection in projections:
         await models.begin_rebuild(projection)
+    caches: dict[str, RowSet] | None = {p.name: RowSet(p.tables) for p in projections}
     position = 0
     events = 0
-    send, receive = trio.open_memory_channel[list[RecordedEvent]](1)
+    pages_out, pages_in = trio.open_memory_channel[list[RecordedEvent]](1)
+    writes_out, writes_in = trio.open_memory_channel[_Folded](1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_read_pages, store, position, page_size, send)
-        async with receive:
-            async for records in receive:
-                targets = [Target(p, position, aside=True) for p in projections]
-                # CheckpointMoved here means another rebuild of the same projection began:
-                # it has the aside tables now, and this one stops.
-                position = await models.project(targets, records)
+        nursery.start_soon(_read_pages, store, position, page_size, pages_out)
+        nursery.start_soon(_write_pages, models, projections, writes_in, on_page)
+        async with writes_out, pages_in:
+            async for records in pages_in:
                 events += len(records)
-                if on_page is not None:
-                    on_page(events, position)
+                if caches is None:
+                    await writes_out.send(_Folded(position, records, None, events))
+                else:
+                    work = []
+                    for projection in projections:
+                        rows = caches[projection.name]
+                        for rule, subject, record in projection.plan(records):
+                            rule.apply(rows, subject, record)
+                        target = Target(projection, position, aside=True)
+                        work.append((target, rows.take_changes()))
+                    await writes_out.send(_Folded(position, records, work, events))
+                    if sum(len(rows) for rows in caches.values()) > max_cached_rows:
+                        caches = None  # writes stay in order: later pages read committed rows
+                position = records[-1].position
     for projection in projections:
         await models.swap(projection)
     return RebuildReport(
         tuple(p.name for p in projections), events, position, trio.current_time() - started
     )
+
+
+@attrs.frozen
+class _Folded:
+    """A page on its way to its transaction: folded already, or to fold there (``work``
+    None: the rows it needs are read in the transaction)."""
+
+    expected: int
+    records: list[RecordedEvent]
+    work: list[tuple[Target, list[Changes]]] | None
+    events: int
+
+
+async def _write_pages(
+    models: ReadModels,
+    projections: Sequence[Projection],
+    pages: trio.MemoryReceiveChannel[_Folded],
+    on_page: Callable[[int, int], None] | None,
+) -> None:
+    # CheckpointMoved here means another rebuild of the same projection began: it has the
+    # aside tables now, and this one stops.
+    async with pages:
+        async for page in pages:
+            last = page.records[-1].position
+            if page.work is not None:
+                await models.write(page.work, last)
+            else:
+                targets = [Target(p, page.expected, aside=True) for p in projections]
+                await models.project(targets, page.records)
+            if on_page is not None:
+                on_page(page.events, last)
 
 
 async def _read_pages(

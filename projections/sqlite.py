@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,15 @@ import attrs
 import trio
 
 from events.store import RecordedEvent, StoreUnavailable
-from projections.model import ColumnType, Projection, Row, Table, fold_page, wanted_keys
+from projections.model import (
+    Changes,
+    ColumnType,
+    Projection,
+    Row,
+    Table,
+    fold_page,
+    wanted_keys,
+)
 from projections.readmodels import (
     CHECKPOINTS,
     REBUILD_SUFFIX,
@@ -84,6 +92,9 @@ class SQLiteReadModels:
         return await self._write(
             lambda conn: _in_transaction(conn, _project, list(targets), list(records))
         )
+
+    async def write(self, work: Sequence[tuple[Target, list[Changes]]], last: int) -> int:
+        return await self._write(lambda conn: _in_transaction(conn, _write, list(work), last))
 
     async def begin_rebuild(self, projection: Projection) -> None:
         await self._write(lambda conn: _in_transaction(conn, _begin_rebuild, projection))
@@ -186,7 +197,8 @@ def _checkpoints(conn: sqlite3.Connection) -> dict[str, Checkpoint]:
 
 def _create(conn: sqlite3.Connection, table: Table, suffix: str) -> None:
     conn.execute(f"DROP TABLE IF EXISTS {table.name}{suffix}")
-    for statement in create_table_sql(table, SQLITE_TYPES, suffix):
+    # A rebuild gets its secondary indexes at the swap, once its rows are in.
+    for statement in create_table_sql(table, SQLITE_TYPES, suffix, indexes=not suffix):
         conn.execute(statement)
 
 
@@ -209,12 +221,7 @@ def _project(conn: sqlite3.Connection, targets: list[Target], records: list[Reco
     last = records[-1].position
     for target in targets:
         name = target.checkpoint
-        found = conn.execute(
-            f"SELECT position FROM {CHECKPOINTS} WHERE name = ?", (name,)
-        ).fetchone()
-        actual = None if found is None else int(found[0])
-        if actual != target.expected:
-            raise CheckpointMoved(name, target.expected, actual)
+        _check_checkpoint(conn, target)
         projection = target.projection
         plan = projection.plan(records_for(target, records))
         loaded: dict[str, list[Row]] = {}
@@ -231,24 +238,47 @@ def _project(conn: sqlite3.Connection, targets: list[Target], records: list[Reco
                 for row in cursor
             ]
         rows = fold_page(projection, loaded, plan)
-        for change in rows.changes():
-            table = change.table
-            if change.deletes:
-                conn.execute(
-                    f"DELETE FROM {table.name}{target.suffix} WHERE {loadable_key(table)} "
-                    "IN (SELECT value FROM json_each(?))",
-                    (json.dumps([k[0] for k in change.deletes]),),
-                )
-            marks = ", ".join("?" * len(table.columns))
-            statement = upsert_sql(table, target.suffix, f"VALUES ({marks})")
-            for batch in (change.upserts, change.increments):
-                if batch:
-                    conn.executemany(
-                        statement,
-                        [[_to_sqlite(row[c]) for c in table.column_names] for row in batch],
-                    )
+        _write_changes(conn, target, rows.changes())
         _save_checkpoint(conn, name, last)
     return last
+
+
+def _write_changes(conn: sqlite3.Connection, target: Target, changes: Iterable[Changes]) -> None:
+    for change in changes:
+        table = change.table
+        if change.deletes:
+            conn.execute(
+                f"DELETE FROM {table.name}{target.suffix} WHERE {loadable_key(table)} "
+                "IN (SELECT value FROM json_each(?))",
+                (json.dumps([k[0] for k in change.deletes]),),
+            )
+        marks = ", ".join("?" * len(table.columns))
+        if change.inserts:
+            conn.executemany(
+                f"INSERT INTO {table.name}{target.suffix} VALUES ({marks})",
+                [[_to_sqlite(v) for v in row] for row in change.inserts],
+            )
+        statement = upsert_sql(table, target.suffix, f"VALUES ({marks})")
+        for batch in (change.upserts, change.increments):
+            if batch:
+                conn.executemany(statement, [[_to_sqlite(v) for v in row] for row in batch])
+
+
+def _write(conn: sqlite3.Connection, work: list[tuple[Target, list[Changes]]], last: int) -> int:
+    for target, changes in work:
+        _check_checkpoint(conn, target)
+        _write_changes(conn, target, changes)
+        _save_checkpoint(conn, target.checkpoint, last)
+    return last
+
+
+def _check_checkpoint(conn: sqlite3.Connection, target: Target) -> None:
+    found = conn.execute(
+        f"SELECT position FROM {CHECKPOINTS} WHERE name = ?", (target.checkpoint,)
+    ).fetchone()
+    actual = None if found is None else int(found[0])
+    if actual != target.expected:
+        raise CheckpointMoved(target.checkpoint, target.expected, actual)
 
 
 def _save_checkpoint(conn: sqlite3.Connection, name: str, position: int) -> None:
