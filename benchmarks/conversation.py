@@ -73,6 +73,14 @@ class RunResult:
     unanswered: int
     phones_received: int
     profile: str | None = None
+    cpu_seconds: float = 0.0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -146,6 +154,7 @@ async def run_once(
             sent = 0
             deadline = trio.current_time() + seconds
             started = time.monotonic()
+            cpu_before = _cpu_seconds(server.pid)
 
             async def user(phone: str) -> None:
                 nonlocal sent
@@ -161,11 +170,13 @@ async def run_once(
                 for phone in phones:
                     nursery.start_soon(user, phone)
             elapsed = time.monotonic() - started
+            cpu_used = _cpu_seconds(server.pid) - cpu_before
         finally:
             os.killpg(server.pid, signal.SIGINT if profile else signal.SIGTERM)
             server.wait(60)
         received = sum(len(tw.received(p)) for p in phones)
     result = await _analyse(dsn, conversations, elapsed, sent, received)
+    result.cpu_seconds = cpu_used
     if profile and profile_path.exists():
         result.profile = _top_frames(profile_path)
     return result
@@ -238,18 +249,28 @@ async def _analyse(
 
 
 def _top_frames(path: Path, top: int = 15) -> str:
-    """Self time by function from py-spy's raw (collapsed stack) output."""
+    """Self time by function, and inclusive time of aftercall's own functions, from
+    py-spy's raw (collapsed stack) output."""
     own: dict[str, int] = defaultdict(int)
+    inclusive: dict[str, int] = defaultdict(int)
     total = 0
+    project = ("/actors/", "/events/", "/web/", "/aftercall/", "/projections/")
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        frame = stack.split(";")[-1]
-        own[frame] += int(count)
+        frames = stack.split(";")
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            if any(part in frame for part in project):
+                inclusive[frame] += int(count)
         total += int(count)
     rows = sorted(own.items(), key=lambda item: -item[1])[:top]
-    return "\n".join(f"  {100 * n / total:5.1f}%  {frame}" for frame, n in rows)
+    lines = ["  self time:"] + [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in rows]
+    rows = sorted(inclusive.items(), key=lambda item: -item[1])[:top]
+    lines += ["  inclusive time of aftercall's functions:"]
+    lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in rows]
+    return "\n".join(lines)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -279,7 +300,8 @@ def main() -> None:
           f"~{WEBHOOK_CEILING} req/s")  # fmt: skip
     header = (
         f"{'conversations':>13} {'msgs/s':>8} {'answered':>9} {'added p50':>10} "
-        f"{'added p99':>10} {'agent p50':>10} {'dup':>4} {'lost':>5} {'at phones':>9}"
+        f"{'added p99':>10} {'agent p50':>10} {'dup':>4} {'lost':>5} {'at phones':>9} "
+        f"{'CPU/msg':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -287,7 +309,8 @@ def main() -> None:
         print(f"{r.conversations:>13} {r.answered / r.seconds:>8.0f} {r.answered:>9} "
               f"{_pct(r.added_ms, 0.5):>8.1f}ms {_pct(r.added_ms, 0.99):>8.1f}ms "
               f"{_pct(r.agent_ms, 0.5):>8.1f}ms {r.duplicates:>4} {r.unanswered:>5} "
-              f"{r.phones_received:>9}")  # fmt: skip
+              f"{r.phones_received:>9} "
+            f"{1000 * r.cpu_seconds / max(r.answered, 1):>6.2f}ms")  # fmt: skip
     for r in results:
         if r.profile:
             print(
