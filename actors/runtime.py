@@ -19,7 +19,8 @@ Lifecycle of one actor id in one process::
          ──> activating (factory, ``activate``: fold the stream)
          ──> idle <──> handling (one message at a time)
          ──> deactivating (``deactivate``: close sockets) on passivation, stop, shutdown
-    crash in activate/handle/a resource task ──> deactivate ──> restart after backoff
+    crash in activate/handle/a resource task ──> deactivate (if activate had finished)
+         ──> a new instance after a backoff, the mailbox kept
          ──> or, past the restart limit: ``ActorStopped`` appended, cool-down
 
 Memory: an idle actor costs its task (a coroutine waiting in ``receive``), its mailbox
@@ -536,7 +537,7 @@ class _Activation(Generic[M]):
             waiting_senders=mailbox.waiting_senders,
             messages_handled=self.messages_handled,
             timer_firings=self.timer_firings,
-            timers_set=0 if ctx is None else ctx._timer_count(),
+            timers_pending=0 if ctx is None else ctx._timer_count(),
             crashes=self.crashes,
             active_since=self.active_since,
             idle_since=self.idle_since,

@@ -50,7 +50,7 @@ class ActorStatistics:
     #: Messages from the mailbox handled by this activation (timers not included).
     messages_handled: int
     timer_firings: int
-    timers_set: int
+    timers_pending: int
     #: Crashes of this activation (each followed by a restart or a stop).
     crashes: int
     active_since: float | None

@@ -295,7 +295,7 @@ async def test_passivation_at_exactly_the_idle_timeout_and_reactivation(
         stats = system.actor_statistics("x")
         assert stats is not None
         assert stats.state == "idle"
-        assert stats.timers_set == 1
+        assert stats.timers_pending == 1
         firings = stats.timer_firings
         idle_since = stats.idle_since
         assert idle_since is not None
