@@ -95,6 +95,7 @@ class ConversationState:
     version: int = 0
     call: CallContext | None = None
     calls_failed: int = 0
+    missed_call: CallFailed | None = None  # the latest failed call to follow up, if any
     first_message_requested: set[str] = attrs.field(factory=set)  # call conversation ids
     last_inbound_at: datetime | None = None
     unanswered: list[MessageReceived] = attrs.field(factory=list)
@@ -123,6 +124,8 @@ def apply(state: ConversationState, event: Any) -> None:
             )
         case CallFailed():
             state.calls_failed += 1
+            if event.follow_up:
+                state.missed_call = event
         case MessageReceived():
             state.unanswered.append(event)
             if state.last_inbound_at is None or event.received_at > state.last_inbound_at:
@@ -205,6 +208,13 @@ class SendFirstMessage:
 
 
 @attrs.frozen
+class SendMissedCallMessage:
+    """Tell the person we tried to call (only when the deployment asks for it)."""
+
+    call: CallFailed
+
+
+@attrs.frozen
 class AskAgent:
     """Send these messages to the agent as one turn (``turn_id`` set when resuming one)."""
 
@@ -220,7 +230,7 @@ class NoticeMedia:
     messages: tuple[MessageReceived, ...]
 
 
-Step = DeliverReply | SendFirstMessage | AskAgent | NoticeMedia
+Step = DeliverReply | SendFirstMessage | SendMissedCallMessage | AskAgent | NoticeMedia
 
 
 def next_step(state: ConversationState) -> Step | None:
@@ -235,6 +245,9 @@ def next_step(state: ConversationState) -> Step | None:
         return AskAgent(turn.message_sids, turn.text, turn_id=turn.turn_id)
     if state.call is not None and state.call.conversation_id not in state.first_message_requested:
         return SendFirstMessage(state.call)
+    missed = state.missed_call
+    if missed is not None and missed.conversation_id not in state.first_message_requested:
+        return SendMissedCallMessage(missed)
     if state.unanswered:
         media_only = tuple(m for m in state.unanswered if not m.body.strip())
         if media_only and len(media_only) == len(state.unanswered):

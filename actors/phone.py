@@ -45,6 +45,7 @@ from actors.conversation import (
     DeliverReply,
     NoticeMedia,
     SendFirstMessage,
+    SendMissedCallMessage,
     apply,
     compose_context,
     first_message_template,
@@ -66,6 +67,7 @@ from events.conversation import (
     ReplyFailed,
     ReplyRequested,
     ReplySent,
+    Template,
     phone_stream,
 )
 from events.conversation import (
@@ -120,6 +122,8 @@ class PhoneSettings:
     fallback_text: str
     media_notice_text: str
     first_message_template_sid: str | None = None
+    #: Sent after a call that did not connect, when the deployment follows those up.
+    missed_call_text: str = ""
     turn_timeout: float = 30.0
     #: How soon to try a reply again after Twilio stayed unavailable past its retry budget.
     reply_retry_delay: float = 30.0
@@ -172,6 +176,8 @@ class PhoneActor:
                 case SendFirstMessage():
                     await self._request_first_message(step, ctx)
                     self._prewarm = True
+                case SendMissedCallMessage():
+                    await self._request_missed_call_message(step, ctx)
                 case NoticeMedia():
                     await self._request_reply(
                         ctx,
@@ -247,6 +253,31 @@ class PhoneActor:
             ctx,
             kind="first_message",
             text=first_message_text(step.call, settings.first_message_text),
+            call_conversation_id=step.call.conversation_id,
+        )
+
+    async def _request_missed_call_message(
+        self, step: SendMissedCallMessage, ctx: ActorContext[Wake]
+    ) -> None:
+        """After a call that did not connect: the template outside the 24-hour window (if
+        one is configured), the configured text otherwise."""
+        settings = self.deps.settings
+        template_sid = settings.first_message_template_sid
+        if template_sid and not in_service_window(self.state, self._now()):
+            template = Template(
+                template_sid, {"1": "there", "2": "We tried to reach you by phone."}
+            )
+            await self._request_reply(
+                ctx,
+                kind="first_message",
+                template=template,
+                call_conversation_id=step.call.conversation_id,
+            )
+            return
+        await self._request_reply(
+            ctx,
+            kind="first_message",
+            text=settings.missed_call_text,
             call_conversation_id=step.call.conversation_id,
         )
 

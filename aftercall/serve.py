@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -63,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     config.bind = [args.bind]
     config.accesslog = "-"
     try:
-        run_async(partial(serve, app, config))
+        run_async(partial(serve, cast(Any, app), config))
     except SettingsError as exc:
         raise CommandError(str(exc)) from exc
     return 0

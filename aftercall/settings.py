@@ -31,6 +31,10 @@ DEFAULT_FIRST_MESSAGE = (
 DEFAULT_FALLBACK = (
     "Sorry, I can't answer that right now. Please write again in a moment and I'll pick it up."
 )
+DEFAULT_MISSED_CALL_TEXT = (
+    "Hi, we tried to call you just now but couldn't reach you. If it suits you better, "
+    "just reply here and we'll help."
+)
 DEFAULT_MEDIA_NOTICE = (
     "Thanks! I can only read text messages here. Could you type your question for me?"
 )
@@ -52,6 +56,7 @@ class Settings:
     first_message_text: str = DEFAULT_FIRST_MESSAGE
     fallback_text: str = DEFAULT_FALLBACK
     media_notice_text: str = DEFAULT_MEDIA_NOTICE
+    missed_call_text: str = DEFAULT_MISSED_CALL_TEXT
     turn_timeout: float = 30.0
     idle_timeout: float = 1800.0
     admin_token: str | None = attrs.field(default=None, repr=False)
@@ -145,7 +150,12 @@ def load_settings(
     public = env.get("PUBLIC_BASE_URL", "").rstrip("/")
     if public and not public.startswith(("http://", "https://")):
         problems.append(f"PUBLIC_BASE_URL must start with http:// or https://, not {public!r}")
-    for name in ("AFTERCALL_FIRST_MESSAGE", "AFTERCALL_FALLBACK_TEXT", "AFTERCALL_MEDIA_NOTICE"):
+    for name in (
+        "AFTERCALL_FIRST_MESSAGE",
+        "AFTERCALL_FALLBACK_TEXT",
+        "AFTERCALL_MEDIA_NOTICE",
+        "AFTERCALL_MISSED_CALL_TEXT",
+    ):
         if name in env and not env[name].strip():
             problems.append(f"{name} is set but empty (an empty WhatsApp message is never sent)")
     poll_seconds = batch_poll_seconds(env, problems)
@@ -176,6 +186,7 @@ def load_settings(
         first_message_text=first_message,
         fallback_text=env.get("AFTERCALL_FALLBACK_TEXT") or DEFAULT_FALLBACK,
         media_notice_text=env.get("AFTERCALL_MEDIA_NOTICE") or DEFAULT_MEDIA_NOTICE,
+        missed_call_text=env.get("AFTERCALL_MISSED_CALL_TEXT") or DEFAULT_MISSED_CALL_TEXT,
         turn_timeout=turn_timeout,
         idle_timeout=idle_timeout,
         admin_token=env.get("AFTERCALL_ADMIN_TOKEN") or None,

@@ -152,6 +152,7 @@ async def open_system(
                 first_message_text=settings.first_message_text,
                 fallback_text=settings.fallback_text,
                 media_notice_text=settings.media_notice_text,
+                missed_call_text=settings.missed_call_text,
                 first_message_template_sid=settings.first_message_template_sid,
                 turn_timeout=settings.turn_timeout,
             ),

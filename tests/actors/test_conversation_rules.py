@@ -174,3 +174,16 @@ def test_history_is_bounded() -> None:
         apply(state, AgentAnswered(f"t{i}", f"a{i}", 0.1, T0))
     assert len(state.history) == 20
     assert state.history[-1].text == "a99"
+
+
+def test_a_failed_call_is_followed_up_only_when_asked() -> None:
+    from actors.conversation import SendMissedCallMessage
+    from events.calls import CallFailed
+
+    assert next_step(fold(CallFailed("conv_f", "agent_1", PHONE, "no-answer"))) is None
+    state = fold(CallFailed("conv_f", "agent_1", PHONE, "no-answer", follow_up=True))
+    step = next_step(state)
+    assert isinstance(step, SendMissedCallMessage)
+    apply(state, reply("r1", "first_message", call_conversation_id="conv_f"))
+    apply(state, ReplySent("r1", 0, "SM1", "queued", T0))
+    assert next_step(state) is None

@@ -179,3 +179,22 @@ async def test_media_message_gets_a_polite_notice(store: EventStore) -> None:
         await ac.wait_for(of_type("ReplySent", ANA), count=2)
         assert "only read text" in ac.twilio.received(ANA)[-1].body
         assert "AgentAsked" not in await ac.types(ANA)
+
+
+async def test_a_call_that_did_not_connect_is_followed_up_when_configured(
+    store: EventStore,
+) -> None:
+    from sandbox.elevenlabs import ElevenLabsStandIn
+
+    secret = "wsec_e2e_missed_call_secret_0123"
+    env = {"AFTERCALL_FOLLOW_UP_FAILED_CALLS": "1", "ELEVENLABS_WEBHOOK_SECRET": secret}
+    async with running_aftercall(
+        store, elevenlabs=ElevenLabsStandIn(webhook_secret=secret), env=env
+    ) as ac:
+        ac.elevenlabs.webhook_url = f"{ac.url}/webhooks/elevenlabs/post-call"
+        await ac.elevenlabs.fail_call(ANA, outcome="no-answer")
+        [failed] = await ac.wait_for(of_type("CallFailed", ANA))
+        assert failed.data["follow_up"] is True
+        await ac.wait_for(of_type("ReplySent", ANA))
+        [message] = ac.twilio.received(ANA)
+        assert message.body.startswith("Hi, we tried to call you just now")
