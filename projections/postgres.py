@@ -73,7 +73,7 @@ _CHECKPOINTS_DDL = (
 
 def is_schema_change(exc: BaseException) -> bool:
     """A statement cached before a swap, run after it: harmless, try again."""
-    return type(exc).__name__ in ("InvalidCachedStatementError", "UndefinedTableError")
+    return type(exc).__name__ == "InvalidCachedStatementError"
 
 
 @attrs.define(eq=False)

@@ -20,6 +20,7 @@ when its follower starts.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -53,8 +54,10 @@ PAGE_SIZE: Final = 5000
 #: A rebuild's pages are larger: it is throughput, not latency, and fewer pages write
 #: each busy row fewer times.
 REBUILD_PAGE_SIZE: Final = 20_000
-#: Rows a rebuild keeps in memory (roughly a kilobyte each) before it reads them instead.
+#: Rows a rebuild keeps in memory (roughly a kilobyte each) before it reads them instead:
+#: for ``aftercall projections rebuild``, and for a rebuild the service starts itself.
 MAX_CACHED_ROWS: Final = 1_500_000
+SERVICE_CACHED_ROWS: Final = 200_000
 _FIRST_RETRY: Final = 0.1
 
 
@@ -135,31 +138,57 @@ async def rebuild(
     events = 0
     pages_out, pages_in = trio.open_memory_channel[list[RecordedEvent]](1)
     writes_out, writes_in = trio.open_memory_channel[_Folded](1)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_read_pages, store, position, page_size, pages_out)
-        nursery.start_soon(_write_pages, models, projections, writes_in, on_page)
-        async with writes_out, pages_in:
-            async for records in pages_in:
-                events += len(records)
-                if caches is None:
-                    await writes_out.send(_Folded(position, records, None, events))
-                else:
-                    work = []
-                    for projection in projections:
-                        rows = caches[projection.name]
-                        for rule, subject, record in projection.plan(records):
-                            rule.apply(rows, subject, record)
-                        target = Target(projection, position, aside=True)
-                        work.append((target, rows.take_changes()))
-                    await writes_out.send(_Folded(position, records, work, events))
-                    if sum(len(rows) for rows in caches.values()) > max_cached_rows:
-                        caches = None  # writes stay in order: later pages read committed rows
-                position = records[-1].position
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_pages, store, position, page_size, pages_out)
+            nursery.start_soon(_write_pages, models, projections, writes_in, on_page)
+            async with writes_out, pages_in:
+                async for records in pages_in:
+                    events += len(records)
+                    if caches is None:
+                        await writes_out.send(_Folded(position, records, None, events))
+                    else:
+                        work = _fold_aside(projections, caches, position, records)
+                        await writes_out.send(_Folded(position, records, work, events))
+                        if sum(len(rows) for rows in caches.values()) > max_cached_rows:
+                            caches = None  # writes stay in order: later pages read committed rows
+                    position = records[-1].position
+    finally:
+        gc.unfreeze()
     for projection in projections:
         await models.swap(projection)
     return RebuildReport(
         tuple(p.name for p in projections), events, position, trio.current_time() - started
     )
+
+
+def _fold_aside(
+    projections: Sequence[Projection],
+    caches: dict[str, RowSet],
+    position: int,
+    records: list[RecordedEvent],
+) -> list[tuple[Target, list[Changes]]]:
+    """Fold one page into the rebuild's rows; what to write for each projection."""
+    # The fold allocates a row or two per event and frees nothing cyclic, yet each
+    # allocation burst wakes the cycle collector, which then walks every cached row: more
+    # than the fold itself costs. It is paused for this synchronous stretch only (no other
+    # task runs meanwhile).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        work = []
+        for projection in projections:
+            rows = caches[projection.name]
+            for rule, subject, record in projection.plan(records):
+                rule.apply(rows, subject, record)
+            work.append((Target(projection, position, aside=True), rows.take_changes()))
+        # Collections triggered while reading and writing the next pages need not walk
+        # the cached rows again either: they live as long as the rebuild.
+        gc.freeze()
+        return work
+    finally:
+        if collecting:
+            gc.enable()
 
 
 @attrs.frozen
@@ -283,6 +312,7 @@ class ProjectionRunner:
     # -- one follower ---------------------------------------------------------------------
     async def _follow(self, follower: _Follower) -> None:
         delay = _FIRST_RETRY
+        retried_at_once = False
         while True:
             try:
                 if follower.position is None:
@@ -290,13 +320,15 @@ class ProjectionRunner:
                 progressed = await self._step(follower)
                 follower.last_error = None
                 delay = _FIRST_RETRY
+                retried_at_once = False
                 if not progressed:
                     assert follower.position is not None
                     await self.store.wait_for_events(follower.position)
             except Exception as exc:
                 follower.position = None  # re-read the checkpoint before the next page
-                if is_schema_change(exc):
-                    continue  # tables swapped under a cached statement: simply again
+                if is_schema_change(exc) and not retried_at_once:
+                    retried_at_once = True  # tables swapped under a cached statement
+                    continue
                 follower.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning(
                     "projection %s failed (%s); retrying in %.1f s",
@@ -318,7 +350,12 @@ class ProjectionRunner:
                 live.version,
                 projection.version,
             )
-            await rebuild(self.store, self.models, [projection], page_size=self.page_size)
+            await rebuild(
+                self.store,
+                self.models,
+                [projection],
+                max_cached_rows=SERVICE_CACHED_ROWS,  # in the service: modest memory
+            )
             live = (await self.models.checkpoints())[projection.name]
         self._advance(follower, live.position)
 
