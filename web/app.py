@@ -50,7 +50,9 @@ class AftercallApp(QuartTrio):
 def create_app(system_factory: Callable[..., Awaitable[None]] = run_system) -> QuartTrio:
     """The Quart-Trio app; ``system_factory`` is how tests inject settings."""
     app = AftercallApp("aftercall")
-    app.config["MAX_CONTENT_LENGTH"] = 256 * 1024  # Twilio forms are small; refuse floods
+    # A post-call webhook carries a whole transcript; Twilio's forms are small and their
+    # handlers hold them to TWILIO_FORM_LIMIT.
+    app.config["MAX_CONTENT_LENGTH"] = 16 * 1024 * 1024
     holder: dict[str, Any] = {}
 
     @app.before_serving

@@ -27,6 +27,10 @@ from web.twilio_forms import (
     signature_is_valid,
 )
 
+#: Twilio's webhook forms are a few KiB (a 1,600-character body, media URLs, a few dozen
+#: fields); anything far larger is not Twilio.
+TWILIO_FORM_LIMIT = 64 * 1024
+
 
 def register(app: QuartTrio) -> None:
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
@@ -82,6 +86,8 @@ async def _signed_form(url: str) -> Form | Response:
         return _reject(403, "missing X-Twilio-Signature")
     if request.mimetype != "application/x-www-form-urlencoded":
         return _reject(400, "expected an application/x-www-form-urlencoded body")
+    if request.content_length is not None and request.content_length > TWILIO_FORM_LIMIT:
+        return _reject(413, f"a Twilio webhook form is at most {TWILIO_FORM_LIMIT} bytes")
     raw = await request.form
     form = Form({name: raw.getlist(name) for name in raw})
     if request.query_string:

@@ -198,3 +198,18 @@ async def test_a_call_that_did_not_connect_is_followed_up_when_configured(
         await ac.wait_for(of_type("ReplySent", ANA))
         [message] = ac.twilio.received(ANA)
         assert message.body.startswith("Hi, we tried to call you just now")
+
+
+async def test_an_oversized_twilio_form_is_413_and_nothing_is_appended(store: EventStore) -> None:
+    import httpx
+
+    async with running_aftercall(store) as ac, httpx.AsyncClient() as http:
+        head = await store.head()
+        response = await http.post(
+            f"{ac.url}/webhooks/twilio/whatsapp",
+            data={"Body": "x" * 100_000},
+            headers={"X-Twilio-Signature": "whatever"},
+        )
+        assert response.status_code == 413
+        assert "at most" in response.json()["error"]
+        assert await store.head() == head
