@@ -155,8 +155,9 @@ async def rebuild(
                     position = records[-1].position
     finally:
         gc.unfreeze()
-    for projection in projections:
-        await models.swap(projection)
+    async with trio.open_nursery() as swaps:  # index builds of different tables in parallel
+        for projection in projections:
+            swaps.start_soon(models.swap, projection)
     return RebuildReport(
         tuple(p.name for p in projections), events, position, trio.current_time() - started
     )
