@@ -150,6 +150,10 @@ class TwilioConfig:
     backoff_max: float = attrs.field(default=30.0, validator=_positive)
     request_timeout: float = attrs.field(default=15.0, validator=_positive)
     reconcile_skew: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    #: Requests in flight at once. Twilio caps an account's concurrent requests, and
+    #: httpcore's pool scans every connection for every request, so a few busy
+    #: connections cost far less CPU than one per waiting actor (benchmarks/conversation.py).
+    max_concurrent_requests: int = attrs.field(default=8, validator=attrs.validators.ge(1))
 
     @property
     def messages_url(self) -> str:
@@ -278,6 +282,7 @@ class WhatsAppSender:
         self._config = config
         self._random = random if random is not None else random_module.Random()
         self._auth = httpx.BasicAuth(config.account_sid, config.auth_token)
+        self._in_flight = trio.CapacityLimiter(config.max_concurrent_requests)
         self._own_order: deque[str] = deque()
         self._own: set[str] = set()
         self._requests = 0
@@ -584,16 +589,17 @@ class WhatsAppSender:
         may_have_acted = method != "GET"
         self._requests += 1
         try:
-            response = await self._http.request(
-                method,
-                url,
-                data=data,
-                params=params,
-                auth=self._auth,
-                headers=_HEADERS,
-                timeout=self._config.request_timeout,
-                follow_redirects=False,
-            )
+            async with self._in_flight:
+                response = await self._http.request(
+                    method,
+                    url,
+                    data=data,
+                    params=params,
+                    auth=self._auth,
+                    headers=_HEADERS,
+                    timeout=self._config.request_timeout,
+                    follow_redirects=False,
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _Retry(f"cannot connect ({_describe(exc)})", ambiguous=False) from exc
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError) as exc:

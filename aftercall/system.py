@@ -134,15 +134,25 @@ async def open_system(
                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
             )
         )
+        twilio_config = TwilioConfig(
+            api_base_url=settings.twilio_api_base_url,
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token,
+            whatsapp_from=settings.twilio_whatsapp_from,
+            status_callback_url=settings.status_callback_url,
+        )
+        # Twilio gets its own pool, as large as the sender's concurrency: httpcore scans
+        # every pooled connection for every request, so idle spares cost CPU.
+        slots = twilio_config.max_concurrent_requests
+        twilio_http = await stack.enter_async_context(
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(15.0, connect=5.0),
+                limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
+            )
+        )
         sender = WhatsAppSender(
-            http,
-            TwilioConfig(
-                api_base_url=settings.twilio_api_base_url,
-                account_sid=settings.twilio_account_sid,
-                auth_token=settings.twilio_auth_token,
-                whatsapp_from=settings.twilio_whatsapp_from,
-                status_callback_url=settings.status_callback_url,
-            ),
+            twilio_http,
+            twilio_config,
         )
         deps = PhoneDependencies(
             settings=PhoneSettings(

@@ -112,7 +112,7 @@ async def _wait_ready(url: str) -> None:
 
 
 async def run_once(
-    conversations: int, seconds: float, dsn: str, callbacks: bool, profile: bool
+    conversations: int, seconds: float, dsn: str, callbacks: bool, profile: bool, think: float
 ) -> RunResult:
     port = _free_port()
     public = f"http://127.0.0.1:{port}"
@@ -165,6 +165,8 @@ async def run_once(
                     i += 1
                     with trio.move_on_after(30):
                         await tw.wait_received(phone, i + 1)  # the first message, then answers
+                    if think:
+                        await trio.sleep(think)  # a person reads the answer, then types
 
             async with trio.open_nursery() as nursery:
                 for phone in phones:
@@ -287,15 +289,24 @@ def main() -> None:
     parser.add_argument("--dsn", default=BASE_DSN, help="any database on the server to use")
     parser.add_argument("--status-callbacks", action="store_true")
     parser.add_argument("--profile", action="store_true", help="py-spy the aftercall process")
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=0.0,
+        help="seconds each user waits after an answer before writing again (0: closed loop)",
+    )
     args = parser.parse_args()
     results = []
     for n in args.conversations:
         dsn = _fresh_database(args.dsn)
         results.append(
-            trio.run(run_once, n, args.seconds, dsn, args.status_callbacks, args.profile)
+            trio.run(
+                run_once, n, args.seconds, dsn, args.status_callbacks, args.profile, args.think
+            )
         )
     print(f"\naftercall conversation benchmark (PostgreSQL, status callbacks "
-          f"{'on' if args.status_callbacks else 'off'}, {args.seconds:g} s per row)")  # fmt: skip
+          f"{'on' if args.status_callbacks else 'off'}, {args.seconds:g} s per row, "
+          f"think time {args.think:g} s)")  # fmt: skip
     print(f"baseline: bare signed webhook handler ceiling on this machine "
           f"~{WEBHOOK_CEILING} req/s")  # fmt: skip
     header = (
