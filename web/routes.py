@@ -67,13 +67,13 @@ async def readyz() -> tuple[dict[str, Any], int]:
         problems.append(f"event log: {type(exc).__name__}")
         head = None
     stats = system.phones.statistics()
-    if getattr(stats, "closing", False):
+    if stats.closing:
         problems.append("actor system is shutting down")
     body = {
         "status": "ready" if not problems else "not ready",
         "problems": problems,
         "event_log_head": head,
-        "active_actors": getattr(stats, "active", None),
+        "active_actors": stats.active_actors,
     }
     return body, 200 if not problems else 503
 

@@ -213,3 +213,18 @@ async def test_an_oversized_twilio_form_is_413_and_nothing_is_appended(store: Ev
         assert response.status_code == 413
         assert "at most" in response.json()["error"]
         assert await store.head() == head
+
+
+async def test_health_and_readiness(store: EventStore) -> None:
+    import httpx
+
+    async with running_aftercall(store) as ac, httpx.AsyncClient() as http:
+        assert (await http.get(f"{ac.url}/healthz")).json() == {"status": "ok"}
+        await ac.complete_call(ANA)
+        await ac.wait_for(of_type("ReplySent", ANA))
+        ready = await http.get(f"{ac.url}/readyz")
+        assert ready.status_code == 200
+        body = ready.json()
+        assert body["status"] == "ready"
+        assert body["event_log_head"] >= 3
+        assert body["active_actors"] == 1
