@@ -228,3 +228,34 @@ async def test_health_and_readiness(store: EventStore) -> None:
         assert body["status"] == "ready"
         assert body["event_log_head"] >= 3
         assert body["active_actors"] == 1
+
+
+async def test_free_text_outside_the_window_fails_visibly_with_63016(store: EventStore) -> None:
+    async with running_aftercall(store) as ac:
+        await ac.complete_call(ANA)  # no template configured, Ana never wrote: window closed
+        [failed] = await ac.wait_for(
+            lambda r: (
+                r.type == "DeliveryStatusChanged" and r.data["status"] in ("failed", "undelivered")
+            )
+        )
+        assert failed.data["error_code"] == 63016
+        [sent] = await ac.wait_for(of_type("ReplySent", ANA))
+        assert failed.data["message_sid"] == sent.data["message_sid"]
+
+
+async def test_template_outside_the_window_and_statuses_recorded(store: EventStore) -> None:
+    from sandbox.twilio import TwilioStandIn
+
+    twilio = TwilioStandIn()
+    sid = twilio.register_template("Hi {{1}}, about our call: {{2}} Reply here any time.")
+    env = {"AFTERCALL_FIRST_MESSAGE_TEMPLATE_SID": sid}
+    async with running_aftercall(store, twilio=twilio, env=env) as ac:
+        await ac.complete_call(ANA)
+        [requested] = await ac.wait_for(of_type("ReplyRequested", ANA))
+        assert requested.data["template"]["content_sid"] == sid
+        [delivered] = await ac.wait_for(
+            lambda r: r.type == "DeliveryStatusChanged" and r.data["status"] == "delivered"
+        )
+        [message] = ac.twilio.received(ANA)
+        assert message.body.startswith("Hi Ana, about our call: Ana asked about her October")
+        assert delivered.data["message_sid"] == message.sid
