@@ -179,6 +179,7 @@ class GroupCommitter:
     _receive: trio.MemoryReceiveChannel[AppendRequest] = attrs.field(init=False)
     batches: int = 0
     appends: int = 0
+    _scope: trio.CancelScope | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         # Bounded: a flood of appends waits here instead of growing memory without limit.
@@ -196,24 +197,33 @@ class GroupCommitter:
         return request.result
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer loop; ends when ``close()`` was called and everything queued is written."""
-        task_status.started()
-        async with self._receive:
-            while True:
-                try:
-                    batch = [await self._receive.receive()]
-                except trio.EndOfChannel:
-                    return
-                while len(batch) < self.max_batch:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                await self._write(batch)
+        """The writer loop; ends when ``close()`` was called and everything queued is written.
 
-    def close(self) -> None:
-        """Refuse new appends; the writer finishes what is queued, then ``run`` returns."""
+        Shielded from outside cancellation: when the whole service is being cancelled, the
+        actors' last appends (closing their sessions) still need a writer, so the writer
+        stops only when the store closes it, and then within ``close``'s deadline.
+        """
+        with trio.CancelScope(shield=True) as self._scope:
+            task_status.started()
+            async with self._receive:
+                while True:
+                    try:
+                        batch = [await self._receive.receive()]
+                    except trio.EndOfChannel:
+                        return
+                    while len(batch) < self.max_batch:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                    await self._write(batch)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse new appends; the writer finishes what is queued within ``timeout``
+        seconds, then ``run`` returns."""
         self._send.close()
+        if self._scope is not None:
+            self._scope.deadline = trio.current_time() + timeout
 
     async def _write(self, batch: list[AppendRequest]) -> None:
         try:

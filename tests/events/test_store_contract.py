@@ -268,3 +268,4 @@ async def test_text_no_backend_can_store_is_refused_alike(store: EventStore, tex
     with pytest.raises(InvalidEvent):
         await store.append("counter-a", [NewEvent("Counted", {}, metadata={text: 1})])
     assert await store.head() == 0
+
