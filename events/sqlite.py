@@ -205,11 +205,14 @@ class SQLiteEventStore:
                 plan = plan_batch(batch, versions, existing)
                 positions: list[int] = []
                 now = datetime.now(UTC).isoformat()
-                payload_of = {
-                    e.event_id: p for r in batch for e, p in zip(r.events, r.payloads, strict=True)
-                }
+                # A row's payload is its own request's: two requests in one batch may carry
+                # the same event id (a webhook and a poller reporting one call), and the
+                # row must hold the data of the request it was planned for.
+                next_payload: dict[int, int] = {}
                 for row in plan.rows:
-                    data, metadata = payload_of[row.event.event_id]
+                    index = next_payload.get(row.request_index, 0)
+                    next_payload[row.request_index] = index + 1
+                    data, metadata = batch[row.request_index].payloads[index]
                     cursor = conn.execute(
                         "INSERT INTO events (stream, category, version, type, data, metadata,"
                         " event_id, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -269,3 +269,27 @@ async def test_text_no_backend_can_store_is_refused_alike(store: EventStore, tex
         await store.append("counter-a", [NewEvent("Counted", {}, metadata={text: 1})])
     assert await store.head() == 0
 
+
+
+async def test_same_id_twice_in_one_batch_keeps_the_first_requests_data(
+    store: EventStore,
+) -> None:
+    """Two callers report one outside fact at the same moment (the post-call webhook and
+    the batch monitor): the first one's event is recorded, with its own data, and the
+    second is told it was a duplicate."""
+    fact = uuid.uuid4()
+    outcomes: dict[str, object] = {}
+
+    async def report(source: str) -> None:
+        outcomes[source] = await store.append(
+            "phone-+15550009", [NewEvent("CallCompleted", {"source": source}, fact)]
+        )
+
+    async with trio.open_nursery() as nursery:  # both land in one group-commit batch
+        nursery.start_soon(report, "first")
+        nursery.start_soon(report, "second")
+    [recorded] = await store.read_stream("phone-+15550009")
+    winner = recorded.data["source"]
+    loser = "second" if winner == "first" else "first"
+    assert outcomes[winner].duplicate is False  # type: ignore[attr-defined]
+    assert outcomes[loser].duplicate is True  # type: ignore[attr-defined]
