@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -69,12 +68,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="aftercall-"))
     try:
@@ -91,9 +84,10 @@ async def play_demo(data_dir: Path, say: Callable[[str], None]) -> None:
     from events.codec import to_new_event
     from events.conversation import phone_stream
     from sandbox._http import serve_asgi
+    from sandbox.environment import free_port
     from web.app import TrioOnly, create_app
 
-    port = _free_port()
+    port = free_port()
     environ = {
         key: value
         for key, value in os.environ.items()

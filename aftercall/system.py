@@ -76,6 +76,7 @@ DEFAULT_SANDBOX_PUBLIC_URL = "http://127.0.0.1:8000"
 @asynccontextmanager
 async def _sandbox(environ: Mapping[str, str]) -> AsyncIterator[tuple[Sandbox, dict[str, str]]]:
     from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
+    from sandbox.environment import stand_in_environment
     from sandbox.twilio import TwilioStandIn, serve_twilio
 
     public = (environ.get("PUBLIC_BASE_URL") or DEFAULT_SANDBOX_PUBLIC_URL).rstrip("/")
@@ -86,18 +87,9 @@ async def _sandbox(environ: Mapping[str, str]) -> AsyncIterator[tuple[Sandbox, d
         serve_twilio(TwilioStandIn(webhook_url=f"{public}/webhooks/twilio/whatsapp")) as twilio,
     ):
         elevenlabs.webhook_url = f"{public}/webhooks/elevenlabs/post-call"
-        overrides = {
-            "PUBLIC_BASE_URL": public,
-            "ELEVENLABS_BASE_URL": str(elevenlabs.base_url),
-            "DEFAULT_AGENT_ID": environ.get("DEFAULT_AGENT_ID") or DEFAULT_AGENT_ID,
-            "TWILIO_API_BASE_URL": str(twilio.base_url),
-            "TWILIO_ACCOUNT_SID": twilio.account_sid,
-            "TWILIO_AUTH_TOKEN": twilio.auth_token,
-            "TWILIO_WHATSAPP_FROM": twilio.whatsapp_from,
-        }
-        secret = getattr(elevenlabs, "webhook_secret", None)
-        if secret:
-            overrides["ELEVENLABS_WEBHOOK_SECRET"] = secret
+        overrides = stand_in_environment(
+            elevenlabs, twilio, public, environ.get("DEFAULT_AGENT_ID") or DEFAULT_AGENT_ID
+        )
         yield Sandbox(elevenlabs, twilio), overrides
 
 

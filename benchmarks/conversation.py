@@ -32,7 +32,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from events.conversation import phone_stream
 from events.postgres import open_postgres_store
 from events.store import RecordedEvent
 from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
+from sandbox.environment import free_port, stand_in_environment
 from sandbox.twilio import TwilioStandIn, serve_twilio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,12 +83,6 @@ def _cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _psql(dsn: str, sql: str) -> None:
     subprocess.run(["psql", dsn, "-qAtc", sql], check=True, capture_output=True, timeout=120)
 
@@ -114,21 +108,15 @@ async def _wait_ready(url: str) -> None:
 async def run_once(
     conversations: int, seconds: float, dsn: str, callbacks: bool, profile: bool, think: float
 ) -> RunResult:
-    port = _free_port()
+    port = free_port()
     public = f"http://127.0.0.1:{port}"
     twilio = TwilioStandIn(status_callbacks=callbacks, read_receipts=callbacks)
     async with serve_elevenlabs(ElevenLabsStandIn()) as el, serve_twilio(twilio) as tw:
         tw.webhook_url = f"{public}/webhooks/twilio/whatsapp"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AFTERCALL_")},
+            **stand_in_environment(el, tw, public),
             "DATABASE_URL": dsn,
-            "PUBLIC_BASE_URL": public,
-            "ELEVENLABS_BASE_URL": str(el.base_url),
-            "DEFAULT_AGENT_ID": DEFAULT_AGENT_ID,
-            "TWILIO_API_BASE_URL": str(tw.base_url),
-            "TWILIO_ACCOUNT_SID": tw.account_sid,
-            "TWILIO_AUTH_TOKEN": tw.auth_token,
-            "TWILIO_WHATSAPP_FROM": tw.whatsapp_from,
         }
         command = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "0",
                    "--bind", f"127.0.0.1:{port}", "web.app:app"]  # fmt: skip

@@ -9,7 +9,6 @@ arrive signed, the agent answers over a WebSocket.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -26,16 +25,11 @@ from events.conversation import phone_stream
 from events.store import EventStore, RecordedEvent
 from sandbox._http import serve_asgi
 from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
+from sandbox.environment import free_port, stand_in_environment
 from sandbox.twilio import TwilioStandIn, serve_twilio
 from web.app import TrioOnly, create_app
 
 SUMMARY = "Ana asked about her October invoice; we promised a refund of 20 euros by Friday."
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @attrs.define
@@ -125,13 +119,7 @@ async def running_aftercall(
     ):
         tw.webhook_url = f"{public}/webhooks/twilio/whatsapp"
         environ = {
-            "PUBLIC_BASE_URL": public,
-            "ELEVENLABS_BASE_URL": str(el.base_url),
-            "DEFAULT_AGENT_ID": DEFAULT_AGENT_ID,
-            "TWILIO_API_BASE_URL": str(tw.base_url),
-            "TWILIO_ACCOUNT_SID": tw.account_sid,
-            "TWILIO_AUTH_TOKEN": tw.auth_token,
-            "TWILIO_WHATSAPP_FROM": tw.whatsapp_from,
+            **stand_in_environment(el, tw, public),
             "AFTERCALL_TURN_TIMEOUT": "5",
             **(env or {}),
         }

@@ -23,26 +23,16 @@ from events.codec import to_new_event
 from events.conversation import ReplyRequested, phone_stream
 from events.sqlite import SQLiteEventStore, open_sqlite_store
 from sandbox.elevenlabs import DEFAULT_AGENT_ID, serve_elevenlabs
+from sandbox.environment import free_port, stand_in_environment
 from sandbox.twilio import Fault, serve_twilio
-from tests.e2e.harness import free_port
 
 PHONE = "+15551239999"
 
 
-def _env(data_dir: Path, port: int, el_url: str, tw: object) -> dict[str, str]:
+def _env(data_dir: Path, port: int, el: object, tw: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(
-        {
-            "AFTERCALL_DATA_DIR": str(data_dir),
-            "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-            "ELEVENLABS_BASE_URL": el_url,
-            "DEFAULT_AGENT_ID": DEFAULT_AGENT_ID,
-            "TWILIO_API_BASE_URL": str(tw.base_url),  # type: ignore[attr-defined]
-            "TWILIO_ACCOUNT_SID": tw.account_sid,  # type: ignore[attr-defined]
-            "TWILIO_AUTH_TOKEN": tw.auth_token,  # type: ignore[attr-defined]
-            "TWILIO_WHATSAPP_FROM": tw.whatsapp_from,  # type: ignore[attr-defined]
-        }
-    )
+    env.update(stand_in_environment(el, tw, f"http://127.0.0.1:{port}"))
+    env["AFTERCALL_DATA_DIR"] = str(data_dir)
     return env
 
 
@@ -92,7 +82,7 @@ async def test_kill_between_requested_and_sent_gives_one_reply(tmp_path: Path) -
         # Twilio takes the first message at once but its answer is held back: the process
         # is killed while it waits, with the message at Twilio and no outcome in the log.
         tw.inject(Fault.answer_delayed(30.0), times=1)
-        env = _env(tmp_path, port, str(el.base_url), tw)
+        env = _env(tmp_path, port, el, tw)
         first = _start(_hypercorn(port), env)
         try:
             await _wait_for(store, "ReplyRequested")
@@ -131,7 +121,7 @@ async def test_restart_with_an_unsent_intent_sends_it_once(tmp_path: Path) -> No
             phone_stream(PHONE),
             [to_new_event(call, event_id=call_event_id("conv_unsent")), to_new_event(intent)],
         )
-        process = _start(_hypercorn(port), _env(tmp_path, port, str(el.base_url), tw))
+        process = _start(_hypercorn(port), _env(tmp_path, port, el, tw))
         try:
             await _wait_for(store, "ReplySent")
         finally:

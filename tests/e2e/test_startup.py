@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from tests.e2e.harness import free_port
+from sandbox.environment import free_port
 
 ROOT = Path(__file__).parents[2]
 REQUIRED = ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_WHATSAPP_FROM",
