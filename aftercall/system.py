@@ -90,6 +90,7 @@ async def _sandbox(environ: Mapping[str, str]) -> AsyncIterator[tuple[Sandbox, d
         overrides = stand_in_environment(
             elevenlabs, twilio, public, environ.get("DEFAULT_AGENT_ID") or DEFAULT_AGENT_ID
         )
+        overrides["ELEVENLABS_WEBHOOK_SECRET"] = str(elevenlabs.webhook_secret)
         yield Sandbox(elevenlabs, twilio), overrides
 
 

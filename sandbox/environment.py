@@ -23,7 +23,11 @@ def free_port() -> int:
 def stand_in_environment(
     elevenlabs: Any, twilio: Any, public_base_url: str, agent_id: str = DEFAULT_AGENT_ID
 ) -> dict[str, str]:
-    """Environment variables for aftercall, given *served* stand-ins and aftercall's URL."""
+    """Environment variables for aftercall, given *served* stand-ins and aftercall's URL.
+
+    The post-call webhook secret is left to the caller: whether aftercall is told it is
+    part of what a test or a deployment decides.
+    """
     environ = {
         "PUBLIC_BASE_URL": public_base_url.rstrip("/"),
         "ELEVENLABS_BASE_URL": str(elevenlabs.base_url),
@@ -33,6 +37,4 @@ def stand_in_environment(
         "TWILIO_AUTH_TOKEN": twilio.auth_token,
         "TWILIO_WHATSAPP_FROM": twilio.whatsapp_from,
     }
-    if getattr(elevenlabs, "webhook_secret", None):
-        environ["ELEVENLABS_WEBHOOK_SECRET"] = elevenlabs.webhook_secret
     return environ
