@@ -106,10 +106,7 @@ def plan_batch(
         known = [seen[i] for i in ids if i in seen]
         if known:
             if len(known) != len(ids):
-                outcomes[index] = PartialDuplicate(
-                    f"append to {request.stream!r}: {len(known)} of {len(ids)} event ids "
-                    "are already recorded"
-                )
+                outcomes[index] = partial_duplicate(request, len(known))
             else:
                 last = known[-1]
                 outcomes[index] = AppendResult(
@@ -131,25 +128,43 @@ def plan_batch(
     return BatchPlan(rows=rows, outcomes=outcomes)
 
 
+def partial_duplicate(request: AppendRequest, known: int) -> PartialDuplicate:
+    """Some, not all, of a request's event ids are recorded: a caller's mistake."""
+    return PartialDuplicate(
+        f"append to {request.stream!r}: {known} of {len(request.events)} event ids "
+        "are already recorded"
+    )
+
+
+def batch_answers(
+    requests: Sequence[AppendRequest], plan: BatchPlan, positions: Sequence[int]
+) -> list[AppendResult | BaseException]:
+    """Each request's answer once its batch committed; ``positions[i]`` is ``plan.rows[i]``'s."""
+    last: dict[int, tuple[int, int]] = {}
+    for row, position in zip(plan.rows, positions, strict=True):
+        last[row.request_index] = (row.version, position)
+    answers: list[AppendResult | BaseException] = []
+    for index, request in enumerate(requests):
+        outcome = plan.outcomes.get(index)
+        if isinstance(outcome, AppendResult) and outcome.position == -1:
+            # duplicate of an event written earlier in this same batch
+            outcome = _resolve_in_batch(request, plan, positions)
+        if outcome is None:
+            version, position = last[index]
+            outcome = AppendResult(version=version, position=position)
+        answers.append(outcome)
+    return answers
+
+
 def answer_batch(
     requests: Sequence[AppendRequest], plan: BatchPlan, positions: Sequence[int]
 ) -> None:
     """Wake every caller of a committed batch; ``positions[i]`` belongs to ``plan.rows[i]``."""
-    last: dict[int, tuple[int, int]] = {}
-    for row, position in zip(plan.rows, positions, strict=True):
-        last[row.request_index] = (row.version, position)
-    for index, request in enumerate(requests):
-        outcome = plan.outcomes.get(index)
-        if isinstance(outcome, BaseException):
-            request.fail(outcome)
-        elif isinstance(outcome, AppendResult):
-            if outcome.position == -1:
-                # duplicate of an event written earlier in this same batch
-                outcome = _resolve_in_batch(request, plan, positions)
-            request.succeed(outcome)
+    for request, answer in zip(requests, batch_answers(requests, plan, positions), strict=True):
+        if isinstance(answer, BaseException):
+            request.fail(answer)
         else:
-            version, position = last[index]
-            request.succeed(AppendResult(version=version, position=position))
+            request.succeed(answer)
 
 
 def _resolve_in_batch(
@@ -169,12 +184,22 @@ WriteBatch = Callable[[list[AppendRequest]], Awaitable[None]]
 class GroupCommitter:
     """Gathers appends from many tasks and hands them to ``write_batch`` in batches.
 
+    With ``writers`` above one, batches may commit in another order than they were
+    gathered: only appends that were concurrent anyway (no caller has two appends in
+    flight through one await) can be reordered, and each batch is decided against what
+    has committed before it.
+
     ``write_batch`` must answer every request it is given (succeed or fail); if it raises,
     every request of the batch fails with that error and the writer goes on.
     """
 
     write_batch: WriteBatch
     max_batch: int = 500
+    #: Batches in flight at once. One is all a single-writer backend (SQLite) can use. A
+    #: backend that decides each batch under its own lock on the server (PostgreSQL) can
+    #: take two, so one batch is gathered and answered in Python while the server commits
+    #: the other: the two cores work at once instead of in turn.
+    writers: int = 1
     _send: trio.MemorySendChannel[AppendRequest] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[AppendRequest] = attrs.field(init=False)
     batches: int = 0
@@ -197,26 +222,30 @@ class GroupCommitter:
         return request.result
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer loop; ends when ``close()`` was called and everything queued is written.
+        """The writer loops; end when ``close()`` was called and everything queued is written.
 
         Shielded from outside cancellation: when the whole service is being cancelled, the
         actors' last appends (closing their sessions) still need a writer, so the writer
         stops only when the store closes it, and then within ``close``'s deadline.
         """
         with trio.CancelScope(shield=True) as self._scope:
-            task_status.started()
-            async with self._receive:
-                while True:
-                    try:
-                        batch = [await self._receive.receive()]
-                    except trio.EndOfChannel:
-                        return
-                    while len(batch) < self.max_batch:
-                        try:
-                            batch.append(self._receive.receive_nowait())
-                        except trio.WouldBlock:
-                            break
-                    await self._write(batch)
+            async with self._receive, trio.open_nursery() as nursery:
+                for _ in range(self.writers):
+                    nursery.start_soon(self._writer_loop)
+                task_status.started()
+
+    async def _writer_loop(self) -> None:
+        while True:
+            try:
+                batch = [await self._receive.receive()]
+            except trio.EndOfChannel:
+                return
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._write(batch)
 
     def close(self, timeout: float = 10.0) -> None:
         """Refuse new appends; the writer finishes what is queued within ``timeout``

@@ -41,9 +41,10 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
 from typing import Any, Final, Protocol, TypeVar, TypeVarTuple, cast
 from urllib.parse import parse_qs, unquote, urlsplit
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import attrs
@@ -52,10 +53,10 @@ import trio_asyncio
 
 from events._group_commit import (
     AppendRequest,
-    BatchPlan,
     ExistingEvent,
     GroupCommitter,
-    answer_batch,
+    batch_answers,
+    partial_duplicate,
     plan_batch,
 )
 from events.migrations import POSTGRES_MIGRATIONS, Migration
@@ -66,6 +67,7 @@ from events.store import (
     RecordedEvent,
     StoreStatistics,
     StoreUnavailable,
+    WrongExpectedVersion,
     encode_payloads,
     validate_new_events,
     validate_stream_name,
@@ -719,6 +721,8 @@ class EventLog:
 # One index probe per stream and per event id, whatever the planner thinks of the table's
 # size: ``event_id = ANY($2)`` was planned as a sequential scan of the whole log, and the
 # LIMIT keeps the lateral subquery from being flattened into a join that could be too.
+# ``append_batch`` (events.migrations) reads the same state with the same two probes;
+# this form resolves a batch whose answer was lost.
 _BATCH_STATE_SQL = """
 SELECT s.stream, coalesce(v.version, 0) AS version, NULL::uuid AS event_id,
        NULL::bigint AS position
@@ -732,8 +736,18 @@ SELECT e.stream, e.version, e.event_id, e.position
                        WHERE e.event_id = i.event_id LIMIT 1) AS e
 """
 
-# Rows are fed in batch order, so positions follow versions within a stream; they are
-# matched back by event id all the same. pg_notify runs once: one aggregate row.
+
+#: One call, autocommit: the whole batch in one round trip (`events.migrations`).
+_APPEND_BATCH_CALL = """
+SELECT kind, version, pos, last_pos
+  FROM append_batch($1, $2, $3, $4, $5, $6::uuid[], $7::text[], $8::int[], $9::int[],
+                    $10::int[], $11::int[], $12::text[], $13::jsonb[], $14::jsonb[],
+                    $15::uuid[], $16)
+"""
+
+# The batch ``append_batch`` leaves to `plan_batch`: rows fed in batch order, so positions
+# follow versions within a stream; matched back by event id all the same. pg_notify runs
+# once (one aggregate row), and the writer's token is recorded in the same transaction.
 _INSERT_SQL = """
 WITH inserted AS (
   INSERT INTO events (stream, category, version, type, data, metadata, event_id)
@@ -743,27 +757,35 @@ WITH inserted AS (
          AS r(stream, category, version, type, data, metadata, event_id, ord)
    ORDER BY ord
   RETURNING event_id, position
+), writer AS (
+  INSERT INTO event_writers (writer_id, token, first_position, last_position)
+  SELECT $9, $10, min(position), max(position) FROM inserted
+  ON CONFLICT ON CONSTRAINT event_writers_pkey DO UPDATE
+     SET token = excluded.token, first_position = excluded.first_position,
+         last_position = excluded.last_position
 )
-SELECT pg_current_xact_id()::text AS xid, array_agg(event_id) AS event_ids,
-       array_agg(position) AS positions, pg_notify($8, max(position)::text)
+SELECT array_agg(event_id) AS event_ids, array_agg(position) AS positions,
+       pg_notify($8, max(position)::text)
   FROM inserted
 """
+
+#: Each request's answer: its result, or the error its caller gets.
+Answer = AppendResult | BaseException
 
 
 @attrs.frozen
 class _BatchOutcome:
-    plan: BatchPlan
-    positions: list[int]
+    answers: list[Answer]  # one per request, in batch order
 
 
 @attrs.define
 class _BatchAttempt:
-    """What one try at writing a batch got to: decides how a retry resolves it."""
+    """One call of ``append_batch``: what a retry needs if its answer never arrives."""
 
-    commit_sent: bool = False
-    xid: str | None = None
-    outcome: _BatchOutcome | None = None
-    previous_aborted: bool = False
+    token: UUID = attrs.field(factory=uuid4)
+    sent: bool = False
+    #: (pid, backend_start) of the server process that got the call.
+    backend: tuple[int, datetime] | None = None
 
 
 @attrs.define(eq=False)
@@ -772,17 +794,27 @@ class _WriterConnection:
 
     Held so a batch pays no acquire/reset round trip; outside the pool so that when the
     server drops it, nothing else (the pool's bookkeeping) owns it: the next batch simply
-    opens a new one.
+    opens a new one. ``writer_id`` names this writer in ``event_writers``.
     """
 
     database: Database
     conn: Any = None
+    writer_id: UUID = attrs.field(factory=uuid4)
+    backend: tuple[int, datetime] | None = None
 
     async def get(self) -> Any:  # asyncio side
         if self.conn is not None and self.conn.is_closed():
             self.drop()
         if self.conn is None:
-            self.conn = await asyncpg.connect(**self.database._connect_options)
+            conn = await asyncpg.connect(**self.database._connect_options)
+            try:
+                row = await conn.fetchrow(
+                    "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                )
+            except BaseException:
+                conn.terminate()
+                raise
+            self.conn, self.backend = conn, (row[0], row[1])
         return self.conn
 
     def drop(self) -> None:
@@ -804,54 +836,159 @@ async def write_batch_sql(
     log: EventLog,
     batch: Sequence[AppendRequest],
     attempt: _BatchAttempt,
-    previous: _BatchAttempt | None = None,
+    lost: Sequence[_BatchAttempt] = (),
     commit_delay: float = 0.0,
 ) -> _BatchOutcome:
-    """One batch, one transaction (asyncio side, one crossing).
+    """One batch, one call of ``append_batch``, one round trip (asyncio side, one crossing).
 
-    Under the log's advisory lock: resolve an earlier attempt whose COMMIT went unanswered
-    (holding the lock means that transaction has ended, so ``pg_xact_status`` is final),
-    read the batch's stream versions and already-recorded ids, plan, insert every row in
-    one statement that also NOTIFYs the new head, commit.
+    The function takes the log's advisory lock, decides every request as `plan_batch`
+    would, inserts the rows, NOTIFYs the new head, and commits (autocommit): see
+    `events.migrations`. ``lost`` are earlier attempts at this batch whose answers never
+    came: their server processes are ended first (a call whose client has gone may still be
+    running), then the function says whether one of them committed, and if so the batch is
+    resolved from what it wrote.
 
     ``commit_delay`` (tests only) sleeps in PostgreSQL after the positions are taken and
-    before COMMIT, as a slow network or a busy disk would.
+    before the commit, as a slow network or a busy disk would.
     """
     conn = await writer.get()
     try:
-        await conn.execute("BEGIN; " + log.lock_sql)
-        try:
-            return await _write_locked(conn, log, batch, attempt, previous, commit_delay)
-        except Exception as exc:
-            if not attempt.commit_sent and not is_connection_error(exc):
-                await conn.execute("ROLLBACK")
-            raise
+        for earlier in lost:
+            if earlier.backend is not None and earlier.backend != writer.backend:
+                await conn.fetchval(_END_BACKEND_SQL, *earlier.backend)
+        streams: list[str] = []
+        expected: list[int | None] = []
+        counts: list[int] = []
+        requests: list[int] = []
+        places: list[int] = []
+        types: list[str] = []
+        data: list[str] = []
+        metadata: list[str] = []
+        ids: list[UUID] = []
+        for number, request in enumerate(batch, 1):
+            streams.append(request.stream)
+            expected.append(request.expected_version)
+            counts.append(len(request.events))
+            for place, (event, (payload, meta)) in enumerate(
+                zip(request.events, request.payloads, strict=True), 1
+            ):
+                requests.append(number)
+                places.append(place)
+                types.append(event.type)
+                data.append(payload)
+                metadata.append(meta)
+                ids.append(event.event_id)
+        attempt.backend = writer.backend
+        attempt.sent = True
+        rows = await conn.fetch(
+            _APPEND_BATCH_CALL,
+            log.lock[0],
+            log.lock[1],
+            log.channel,
+            writer.writer_id,
+            attempt.token,
+            [earlier.token for earlier in lost],
+            streams,
+            expected,
+            counts,
+            requests,
+            places,
+            types,
+            data,
+            metadata,
+            ids,
+            commit_delay,
+        )
+        if rows[0][0] == "committed":
+            return await _resolve_committed(conn, batch, rows[0][2], rows[0][3])
+        if rows[0][0] == "replan":
+            return await _write_planned(conn, writer, log, batch, attempt, commit_delay)
     except BaseException as exc:
-        # Cancelled mid-statement or connection lost: the server rolls back what was not
-        # committed when the connection goes. Another error: rolled back above.
+        # Cancelled mid-call or connection lost: the server rolls back what was not
+        # committed when it notices the connection has gone (and `lost` makes sure).
         if not isinstance(exc, Exception) or is_connection_error(exc):
             writer.drop()
         raise
+    return _BatchOutcome([_answer(request, row) for request, row in zip(batch, rows, strict=True)])
 
 
-async def _write_locked(
+# pid and start time together: a pid alone may since have been given to another process.
+_END_BACKEND_SQL = (
+    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+    "WHERE pid = $1 AND backend_start = $2"
+)
+
+
+def _answer(request: AppendRequest, row: Record) -> Answer:
+    if row[0] != "ok":
+        raise StoreUnavailable(f"append_batch answered {row[0]!r} for {request.stream!r}")
+    return AppendResult(version=row[1], position=row[2])
+
+
+async def _write_planned(
     conn: Any,
+    writer: _WriterConnection,
     log: EventLog,
     batch: Sequence[AppendRequest],
     attempt: _BatchAttempt,
-    previous: _BatchAttempt | None,
     commit_delay: float,
 ) -> _BatchOutcome:
-    if previous is not None:
-        status = await conn.fetchval("SELECT pg_xact_status($1::text::xid8)", previous.xid)
-        if status == "committed":
-            assert previous.outcome is not None
+    """The batch ``append_batch`` would not write (a duplicate, a conflict), decided by
+    `plan_batch` in one transaction under the log's lock: four round trips, rarely paid."""
+    await conn.execute("BEGIN; " + log.lock_sql)
+    try:
+        streams = sorted({request.stream for request in batch})
+        ids = [event.event_id for request in batch for event in request.events]
+        versions: dict[str, int] = {}
+        existing: dict[UUID, ExistingEvent] = {}
+        for stream, version, event_id, position in await conn.fetch(_BATCH_STATE_SQL, streams, ids):
+            if event_id is None:
+                versions[stream] = version
+            else:
+                existing[event_id] = ExistingEvent(stream, version, position)
+        plan = plan_batch(batch, versions, existing)
+        if not plan.rows:
             await conn.execute("ROLLBACK")
-            return previous.outcome
-        if status != "aborted":
-            raise StoreUnavailable(f"transaction {previous.xid} of a batch is {status!r}")
-        attempt.previous_aborted = True
+            return _BatchOutcome(batch_answers(batch, plan, []))
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        stream_col, category_col, version_col, type_col, data_col, meta_col, id_col = columns
+        next_payload: dict[int, int] = {}
+        for row in plan.rows:
+            index = next_payload.get(row.request_index, 0)
+            next_payload[row.request_index] = index + 1
+            data, metadata = batch[row.request_index].payloads[index]
+            stream_col.append(row.stream)
+            category_col.append(row.stream.split("-", 1)[0])
+            version_col.append(row.version)
+            type_col.append(row.event.type)
+            data_col.append(data)
+            meta_col.append(metadata)
+            id_col.append(row.event.event_id)
+        result = await conn.fetchrow(
+            _INSERT_SQL, *columns, log.channel, writer.writer_id, attempt.token
+        )
+        position_of = dict(zip(result["event_ids"], result["positions"], strict=True))
+        positions = [position_of[row.event.event_id] for row in plan.rows]
+        if commit_delay:
+            await conn.execute("SELECT pg_sleep($1)", commit_delay)
+        await conn.execute("COMMIT")
+    except Exception as exc:
+        if not is_connection_error(exc):
+            await conn.execute("ROLLBACK")
+        raise
+    return _BatchOutcome(batch_answers(batch, plan, positions))
 
+
+async def _resolve_committed(
+    conn: Any, batch: Sequence[AppendRequest], first: int, last: int
+) -> _BatchOutcome:
+    """Answer a batch from what its lost call wrote (positions ``first``..``last``).
+
+    A request whose events all lie in that range (and were not claimed by an earlier
+    request of the batch: the same ids twice) was written: it gets its own positions and
+    ``duplicate=False``, as it would have. The others were decided without writing, and
+    are decided again against the log as it is now: duplicate, partial or conflict.
+    """
     streams = sorted({request.stream for request in batch})
     ids = [event.event_id for request in batch for event in request.events]
     versions: dict[str, int] = {}
@@ -861,35 +998,30 @@ async def _write_locked(
             versions[stream] = version
         else:
             existing[event_id] = ExistingEvent(stream, version, position)
-    plan = plan_batch(batch, versions, existing)
-    if not plan.rows:
-        await conn.execute("ROLLBACK")
-        return _BatchOutcome(plan, [])
-
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
-    stream_col, category_col, version_col, type_col, data_col, meta_col, id_col = columns
-    next_payload: dict[int, int] = {}
-    for row in plan.rows:
-        index = next_payload.get(row.request_index, 0)
-        next_payload[row.request_index] = index + 1
-        data, metadata = batch[row.request_index].payloads[index]
-        stream_col.append(row.stream)
-        category_col.append(row.stream.split("-", 1)[0])
-        version_col.append(row.version)
-        type_col.append(row.event.type)
-        data_col.append(data)
-        meta_col.append(metadata)
-        id_col.append(row.event.event_id)
-    result = await conn.fetchrow(_INSERT_SQL, *columns, log.channel)
-    position_of = dict(zip(result["event_ids"], result["positions"], strict=True))
-    outcome = _BatchOutcome(plan, [position_of[row.event.event_id] for row in plan.rows])
-    attempt.xid = result["xid"]
-    attempt.outcome = outcome
-    if commit_delay:
-        await conn.execute("SELECT pg_sleep($1)", commit_delay)
-    attempt.commit_sent = True
-    await conn.execute("COMMIT")
-    return outcome
+    claimed: set[UUID] = set()
+    answers: list[Answer] = []
+    for request in batch:
+        wanted = [event.event_id for event in request.events]
+        hits = [existing[i] for i in wanted if i in existing]
+        ours = [hit for hit in hits if first <= hit.position <= last]
+        if len(ours) == len(wanted) and claimed.isdisjoint(wanted):
+            claimed.update(wanted)
+            answers.append(AppendResult(version=ours[-1].version, position=ours[-1].position))
+        elif hits and len(hits) == len(wanted):
+            answers.append(
+                AppendResult(version=hits[-1].version, position=hits[-1].position, duplicate=True)
+            )
+        elif hits:
+            answers.append(partial_duplicate(request, len(hits)))
+        elif request.expected_version is not None:
+            answers.append(
+                WrongExpectedVersion(
+                    request.stream, request.expected_version, versions.get(request.stream, 0)
+                )
+            )
+        else:  # pragma: no cover - a request with new ids and no expectation is written
+            answers.append(StoreUnavailable(f"cannot resolve the append to {request.stream!r}"))
+    return _BatchOutcome(answers)
 
 
 @attrs.define(eq=False)
@@ -904,23 +1036,28 @@ class PostgresEventStore:
 
     Retries after a lost connection (within ``database.retry_for``):
     - reads are retried: they change nothing;
-    - a batch whose connection died before COMMIT was sent is retried whole: the server
-      rolled it back, and the new transaction re-plans from what is committed;
-    - a batch whose COMMIT went unanswered is resolved, not guessed: it remembered its
-      transaction id, and the retry, once it holds the log's lock (so that transaction has
-      ended), asks ``pg_xact_status``. Committed: callers get the original answers
-      (``duplicate=False``, their positions). Aborted: the batch is re-planned.
-      Re-planning alone would be safe for the log (event ids make it idempotent) but would
-      answer ``duplicate=True`` to the caller whose own append it was, and a caller that
-      reads "duplicate" as "someone else already handled this webhook" would skip work.
+    - a batch whose call was never sent is retried whole;
+    - a batch whose call went unanswered is resolved, not guessed: every call carries a
+      token, and a call that writes records it in ``event_writers`` in its own
+      transaction. The retry ends the old call's server process (so it has committed or
+      rolled back), then, under the log's lock, asks whether one of its lost tokens is
+      recorded. Committed: callers get the answers they would have had (``duplicate=False``
+      and their positions, from the range it wrote). Not committed: the batch is decided
+      afresh. Deciding afresh alone would be safe for the log (event ids make it
+      idempotent) but would answer ``duplicate=True`` to the caller whose own append it
+      was, and a caller that reads "duplicate" as "someone else already handled this
+      webhook" would skip work.
     """
 
     database: Database
     log: EventLog
     fallback_interval: float = 1.0
     max_batch: int = 500
+    #: Batches in flight (`GroupCommitter.writers`), each on a writer connection of its own.
+    writers: int = 2
     _committer: GroupCommitter = attrs.field(init=False)
-    _writer: _WriterConnection = attrs.field(init=False)
+    _idle_writers: list[_WriterConnection] = attrs.field(init=False)
+    _all_writers: tuple[_WriterConnection, ...] = attrs.field(init=False)
     _listener: _Listener = attrs.field(init=False)
     _wakeup: trio.Event = attrs.field(factory=trio.Event)
     _head: int = 0
@@ -928,8 +1065,11 @@ class PostgresEventStore:
     _conflicts: int = 0
 
     def __attrs_post_init__(self) -> None:
-        self._committer = GroupCommitter(self._write_batch, max_batch=self.max_batch)
-        self._writer = _WriterConnection(self.database)
+        self._committer = GroupCommitter(
+            self._write_batch, max_batch=self.max_batch, writers=self.writers
+        )
+        self._all_writers = tuple(_WriterConnection(self.database) for _ in range(self.writers))
+        self._idle_writers = list(self._all_writers)
         self._listener = _Listener(
             self.database, self.log.channel, self._on_notify, lambda _c: self._wake()
         )
@@ -1023,15 +1163,24 @@ class PostgresEventStore:
 
     # -- the writer -----------------------------------------------------------------------
     async def _write_batch(self, batch: list[AppendRequest]) -> None:
-        outcome = await self.commit_batch(batch)
-        answer_batch(batch, outcome.plan, outcome.positions)
-        for decided in outcome.plan.outcomes.values():
-            if isinstance(decided, AppendResult):
+        writer = self._idle_writers.pop()  # one per committer loop: never empty here
+        try:
+            outcome = await self.commit_batch(batch, writer=writer)
+        finally:
+            self._idle_writers.append(writer)
+        written: list[int] = []
+        for request, answer in zip(batch, outcome.answers, strict=True):
+            if isinstance(answer, BaseException):
+                self._conflicts += 1
+                request.fail(answer)
+                continue
+            if answer.duplicate:
                 self._duplicates += 1
             else:
-                self._conflicts += 1
-        if outcome.positions:
-            self._head = max(self._head, max(outcome.positions))
+                written.append(answer.position)
+            request.succeed(answer)
+        if written:
+            self._head = max(self._head, max(written))
             self._wake()
 
     async def commit_batch(
@@ -1043,34 +1192,42 @@ class PostgresEventStore:
     ) -> _BatchOutcome:
         """Write one batch through `write_batch_sql`, retrying lost connections safely.
 
-        The group committer calls it with the store's writer connection. Tests call it
+        A call that failed before it was sent is simply made again. A call whose answer was
+        lost is remembered (its token and server process), and every retry passes them on,
+        so the batch is answered as it was decided, never re-decided as a duplicate of
+        itself.
+
+        The group committer calls it with one of the store's writer connections. Tests call it
         from many tasks at once, each with a connection of its own (`separate_writer`)
         and a ``commit_delay``, to play several processes committing late.
         """
-        writer = self._writer if writer is None else writer
+        writer = self._all_writers[0] if writer is None else writer
         deadline = trio.current_time() + self.database.retry_for
         delay = _FIRST_BACKOFF
-        previous: _BatchAttempt | None = None
+        lost: list[_BatchAttempt] = []
         while True:
             attempt = _BatchAttempt()
             try:
                 return await self.database.cross(
-                    write_batch_sql, writer, self.log, batch, attempt, previous, commit_delay
+                    write_batch_sql, writer, self.log, batch, attempt, lost, commit_delay
                 )
             except asyncpg.InvalidCachedStatementError:
-                # A migration by another process changed the table; rolled back, re-run.
-                if attempt.commit_sent or trio.current_time() > deadline:
+                # A migration by another process changed the table; the call failed and
+                # wrote nothing: run it again.
+                if trio.current_time() > deadline:
                     raise
                 continue
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
+                if attempt.sent:
+                    lost.append(attempt)
                 reason = self.database.target.reason(exc)
                 if trio.current_time() + delay > deadline:
                     raise StoreUnavailable(
                         f"PostgreSQL at {self.database.address} unreachable for "
                         f"{self.database.retry_for:g} s; the append "
-                        + ("may or may not have" if attempt.commit_sent else "has not")
+                        + ("may or may not have" if lost else "has not")
                         + f" been recorded ({reason})"
                     ) from exc
                 LOG.warning(
@@ -1078,10 +1235,6 @@ class PostgresEventStore:
                     self.database.address,
                     reason,
                 )
-            if attempt.commit_sent:
-                previous = attempt
-            elif attempt.previous_aborted:
-                previous = None
             await trio.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF)
 
@@ -1251,4 +1404,5 @@ async def _open_postgres_store(
                     background.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await database.cross(store._writer.close)
+                for writer_connection in store._all_writers:
+                    await database.cross(writer_connection.close)

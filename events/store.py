@@ -242,6 +242,10 @@ async def tail(
         await store.wait_for_events(position)
 
 
+#: One encoder for every append: ``json.dumps`` with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_payloads(stream: str, events: Sequence[NewEvent]) -> list[tuple[str, str]]:
     """(data, metadata) of each event as compact JSON text; a value that is not JSON is refused.
 
@@ -251,8 +255,8 @@ def encode_payloads(stream: str, events: Sequence[NewEvent]) -> list[tuple[str, 
     payloads = []
     for event in events:
         try:
-            data = json.dumps(event.data, separators=(",", ":"), allow_nan=False)
-            metadata = json.dumps(dict(event.metadata), separators=(",", ":"), allow_nan=False)
+            data = _JSON.encode(event.data)
+            metadata = _JSON.encode(dict(event.metadata)) if event.metadata else "{}"
         except (TypeError, ValueError) as exc:
             raise InvalidEvent(
                 f"event {event.type} for {stream!r} cannot be stored as JSON: {exc}"

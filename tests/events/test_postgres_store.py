@@ -20,6 +20,7 @@ import pytest
 import trio
 
 import events.postgres as pg
+from events._group_commit import AppendRequest
 from events.postgres import (
     Connection,
     Database,
@@ -27,7 +28,15 @@ from events.postgres import (
     open_database,
     open_postgres_store,
 )
-from events.store import NO_STREAM, InvalidEvent, NewEvent, StoreUnavailable
+from events.store import (
+    NO_STREAM,
+    InvalidEvent,
+    NewEvent,
+    PartialDuplicate,
+    StoreUnavailable,
+    WrongExpectedVersion,
+    encode_payloads,
+)
 from tests.events.conftest import Terminate
 
 
@@ -270,45 +279,62 @@ async def test_transaction_rolls_back_on_error_and_commits_otherwise(
 
 
 @attrs.define
-class LoseCommitReply:
-    """Stands in for the writer's connection; its COMMIT's answer never arrives.
+class LoseBatchReply:
+    """Stands in for the writer's connection; the answer to one statement never arrives.
 
-    ``commit`` says whether the COMMIT reached the server before the connection died.
+    ``lose`` picks the statement (the batch call, or the COMMIT of a planned batch);
+    ``commit`` says whether it reached the server (and committed) before the connection
+    died; otherwise the connection dies with it unsent, after the store counted it as sent,
+    which is all the store can know of a call in flight.
     """
 
     conn: Any
     commit: bool
+    lose: str
     fired: bool = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.conn, name)
 
-    async def execute(self, query: str, *args: Any) -> str:
-        if query == "COMMIT" and not self.fired:
+    async def _maybe_lose(self, method: str, query: str, args: tuple[Any, ...]) -> Any:
+        if self.lose in query and not self.fired:
             self.fired = True
             if self.commit:
-                await self.conn.execute(query)
+                await getattr(self.conn, method)(query, *args)
             self.conn.terminate()
-            raise ConnectionResetError("test: the COMMIT reply was lost")
-        return str(await self.conn.execute(query, *args))
+            raise ConnectionResetError("test: the answer was lost")
+        return await getattr(self.conn, method)(query, *args)
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        return await self._maybe_lose("fetch", query, args)
+
+    async def execute(self, query: str, *args: Any) -> Any:
+        return await self._maybe_lose("execute", query, args)
 
 
-@pytest.mark.parametrize("committed", [True, False])
-async def test_a_batch_whose_commit_reply_is_lost_gets_its_true_outcome(
-    pg_store: PostgresEventStore, monkeypatch: pytest.MonkeyPatch, committed: bool
-) -> None:
-    """Resolved with pg_xact_status: the caller hears "written", never "duplicate"."""
+def _lose_first_reply(
+    monkeypatch: pytest.MonkeyPatch, commit: bool, lose: str = "append_batch("
+) -> list[LoseBatchReply]:
     original_get = pg._WriterConnection.get
-    proxies: list[LoseCommitReply] = []
+    proxies: list[LoseBatchReply] = []
 
     async def get(self: pg._WriterConnection) -> Any:
         conn = await original_get(self)
         if not proxies:
-            proxies.append(LoseCommitReply(conn, committed))
+            proxies.append(LoseBatchReply(conn, commit, lose))
             return proxies[0]
         return conn
 
     monkeypatch.setattr(pg._WriterConnection, "get", get)
+    return proxies
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_a_batch_whose_answer_is_lost_gets_its_true_outcome(
+    pg_store: PostgresEventStore, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    """Resolved through its token: the caller hears "written", never "duplicate"."""
+    proxies = _lose_first_reply(monkeypatch, committed)
     event_id = uuid.uuid4()
     with trio.fail_after(20):
         result = await pg_store.append(
@@ -322,6 +348,44 @@ async def test_a_batch_whose_commit_reply_is_lost_gets_its_true_outcome(
     assert [e.event_id for e in recorded] == [event_id]
     assert recorded[0].position == result.position
     assert pg_store.statistics().duplicates == 0
+
+
+async def test_a_lost_batch_is_answered_request_by_request_as_it_was_decided(
+    pg_store: PostgresEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written, conflicting, duplicate within the batch, duplicate of the log: each caller
+    of a batch whose answer was lost hears what the committed call decided for it."""
+    earlier = NewEvent("Counted", {"n": 0})
+    await pg_store.append("counter-old", [earlier])
+    first, second = NewEvent("Counted", {"n": 1}), NewEvent("Counted", {"n": 2})
+
+    def request(stream: str, evs: list[NewEvent], expected: int | None) -> AppendRequest:
+        return AppendRequest(stream, evs, expected, encode_payloads(stream, evs))
+
+    batch = [
+        request("counter-s", [first, second], NO_STREAM),
+        request("counter-s", [NewEvent("Counted", {"n": 3})], NO_STREAM),
+        request("counter-t", [first, second], None),
+        request("counter-old", [earlier], None),
+        request("counter-u", [NewEvent("Counted", {"n": 4}), earlier], None),
+    ]
+    # A batch with a duplicate is planned in Python, in a transaction: lose its COMMIT's answer.
+    proxies = _lose_first_reply(monkeypatch, commit=True, lose="COMMIT")
+    with trio.fail_after(20):
+        await pg_store._write_batch(batch)
+        recorded = await pg_store.read_stream("counter-s")
+    assert proxies[0].fired
+    written, conflict, in_batch, in_log, partial = batch
+    assert written.result is not None
+    assert not written.result.duplicate
+    assert (written.result.version, written.result.position) == (2, recorded[1].position)
+    assert isinstance(conflict.error, WrongExpectedVersion)
+    assert in_batch.result == attrs.evolve(written.result, duplicate=True)
+    assert in_log.result is not None
+    assert in_log.result.duplicate
+    assert in_log.result.version == 1
+    assert isinstance(partial.error, PartialDuplicate)
+    assert [e.event_id for e in recorded] == [first.event_id, second.event_id]
 
 
 async def test_what_jsonb_refuses_fails_its_own_append_alone(pg_store: PostgresEventStore) -> None:

@@ -270,7 +270,6 @@ async def test_text_no_backend_can_store_is_refused_alike(store: EventStore, tex
     assert await store.head() == 0
 
 
-
 async def test_same_id_twice_in_one_batch_keeps_the_first_requests_data(
     store: EventStore,
 ) -> None:
