@@ -34,7 +34,12 @@ from events.store import (
 
 @attrs.define(eq=False)
 class AppendRequest:
-    """One caller's append, waiting for its batch to commit."""
+    """One caller's append, waiting for its batch to commit.
+
+    The caller parks its own task (`wait`) and the writer reschedules it directly: one
+    request, one waiter, so a `trio.Event` and its parking lot would be work for nothing
+    on the hottest path of the log (measured: about a tenth of an append's instructions).
+    """
 
     stream: str
     events: Sequence[NewEvent]
@@ -42,17 +47,38 @@ class AppendRequest:
     #: (data, metadata) as JSON text, encoded by the caller's task before submitting, so a
     #: value that is not JSON fails that caller alone and the writer does no encoding.
     payloads: Sequence[tuple[str, str]] = ()
-    done: trio.Event = attrs.field(factory=trio.Event)
     result: AppendResult | None = None
     error: BaseException | None = None
+    answered: bool = False
+    _waiter: trio.lowlevel.Task | None = None
 
     def succeed(self, result: AppendResult) -> None:
         self.result = result
-        self.done.set()
+        self._answer()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
-        self.done.set()
+        self._answer()
+
+    def _answer(self) -> None:
+        self.answered = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            trio.lowlevel.reschedule(waiter)
+
+    async def wait(self) -> None:
+        """Until answered. Cancelling the wait does not withdraw the request (it may be in
+        a transaction already); the append may still commit."""
+        if self.answered:
+            await trio.lowlevel.checkpoint()
+            return
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 @attrs.frozen
@@ -212,10 +238,15 @@ class GroupCommitter:
 
     async def submit(self, request: AppendRequest) -> AppendResult:
         try:
-            await self._send.send(request)
+            # Waiting for the answer is this call's checkpoint; queueing need not be a
+            # second one unless the queue is full (a schedule pass per append, measured).
+            try:
+                self._send.send_nowait(request)
+            except trio.WouldBlock:
+                await self._send.send(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise StoreUnavailable("the event store is closed") from exc
-        await request.done.wait()
+        await request.wait()
         if request.error is not None:
             raise request.error
         assert request.result is not None
@@ -259,18 +290,18 @@ class GroupCommitter:
             await self.write_batch(batch)
         except trio.Cancelled:
             for request in batch:
-                if not request.done.is_set():
+                if not request.answered:
                     request.fail(
                         StoreUnavailable("the event store shut down before this append finished")
                     )
             raise
         except Exception as exc:  # one bad batch must not stop the writer
             for request in batch:
-                if not request.done.is_set():
+                if not request.answered:
                     request.fail(exc)
         else:
             for request in batch:
-                if not request.done.is_set():  # pragma: no cover - write_batch contract
+                if not request.answered:  # pragma: no cover - write_batch contract
                     request.fail(RuntimeError("append was not answered by its batch"))
         self.batches += 1
         self.appends += len(batch)
