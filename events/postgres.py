@@ -21,7 +21,9 @@ the Message DB approach; PostgreSQL releases a transaction's locks after it has 
 transaction committed in the proc array (``CommitTransaction``: ``ProcArrayEndTransaction``
 runs before ``ResourceOwnerRelease(..LOCKS..)``), which is what makes it hold on 15.
 The cost is that writers of one event log (all processes) take turns per batch, which
-group commit makes cheap: a batch holds the lock for a few round trips and one WAL flush.
+group commit makes cheap: a batch holds the lock for one server-side call (``append_batch``,
+events.migrations) and one WAL flush, and two batches may be in flight so that one is
+gathered and answered in Python while the server commits the other.
 """
 
 from __future__ import annotations
