@@ -130,6 +130,12 @@ class PhoneSettings:
     #: After the agent could not be reached, how long new turns get the fallback at once
     #: instead of another connection attempt (does not apply to a closed session).
     first_message_wait: float = 1.0
+    #: How long an agent turn may take before its ``AgentAsked`` is recorded on its own.
+    #: A quicker answer is recorded together with the question, in one append: an agent
+    #: that answers at once then waits for no commit but the reply's. A crash before
+    #: either is recorded leaves the messages unanswered in the log, and they are asked
+    #: again, as a recorded but unanswered turn would be.
+    ask_record_delay: float = 0.5
 
 
 @attrs.frozen
@@ -416,28 +422,36 @@ class PhoneActor:
             asked_at=self._now(),
             agent_conversation_id=session.conversation_id if session else None,
         )
-        if session is None:
-            if step.turn_id is None:
-                await self._record(ctx, asked)
-        else:
+        # A new turn's AgentAsked is recorded with its outcome when the agent answers
+        # within ``ask_record_delay``, on its own (overlapping the agent's thinking) when it
+        # does not. A resumed turn (``step.turn_id``) is already in the log.
+        unrecorded: list[Any] = [asked] if step.turn_id is None else []
+        if session is not None:
             outcome: list[AgentAnswer | AgentSessionError] = []
+            answered = trio.Event()
 
             async def ask(agent: AgentSession) -> None:
                 try:
                     outcome.append(await agent.ask(step.text))
                 except AgentSessionError as exc:
                     outcome.append(exc)
+                answered.set()
 
-            # The question goes to the agent while AgentAsked commits: the commit overlaps
-            # the agent's thinking instead of adding to the person's wait. Nothing reaches
-            # the person before both are done, and a crash in between re-asks the turn.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ask, session)
-                if step.turn_id is None:
-                    await self._record(ctx, asked)
+                if unrecorded:
+                    with trio.move_on_after(self.deps.settings.ask_record_delay):
+                        await answered.wait()
+                    if not answered.is_set():
+                        await self._record(ctx, *unrecorded)
+                        unrecorded = []
             [answer] = outcome
             if isinstance(answer, AgentSessionError):
                 failure = (_reason(answer), str(answer))
+                if unrecorded:
+                    # The turn comes before the session's close in the log.
+                    await self._record(ctx, *unrecorded)
+                    unrecorded = []
                 await self._drop_session(ctx, answer)
             elif answer.text.strip():
                 await self._request_reply(
@@ -447,6 +461,7 @@ class PhoneActor:
                     in_reply_to=step.message_sids,
                     turn_id=turn_id,
                     before=[
+                        *unrecorded,
                         AgentAnswered(
                             turn_id=turn_id,
                             text=answer.text,
@@ -454,7 +469,7 @@ class PhoneActor:
                             answered_at=self._now(),
                             streamed_parts=answer.streamed_parts,
                             corrected=answer.corrected,
-                        )
+                        ),
                     ],
                 )
                 return
@@ -469,7 +484,7 @@ class PhoneActor:
             text=self.deps.settings.fallback_text,
             in_reply_to=step.message_sids,
             turn_id=turn_id,
-            before=[AgentTurnFailed(turn_id, reason, detail, self._now())],
+            before=[*unrecorded, AgentTurnFailed(turn_id, reason, detail, self._now())],
         )
 
     async def _open_session_ahead(self, ctx: ActorContext[Wake]) -> None:

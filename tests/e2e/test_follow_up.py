@@ -101,6 +101,22 @@ async def _fallback_then_recovery(ac: object, faults: object, reason: str) -> No
     assert ac.twilio.received(ANA)[-1].body == "You said: second try"  # type: ignore[attr-defined]
 
 
+async def test_a_slow_turn_is_in_the_log_while_the_agent_thinks(store: EventStore) -> None:
+    """A quick answer is recorded with its question in one append; a turn the agent takes
+    its time over is recorded on its own first, so the log shows what is being waited on
+    (and a restart resumes that turn)."""
+    from sandbox.elevenlabs import Faults
+
+    async with running_aftercall(store) as ac:
+        await _first_message_sent(ac, ANA)
+        ac.elevenlabs.set_faults(Faults(no_answer=True))
+        await ac.twilio.user_says(ANA, "are you there?")
+        [asked] = await ac.wait_for(of_type("AgentAsked", ANA))
+        types = await ac.types(ANA)
+        assert types[-1] == "AgentAsked"  # nothing about its outcome yet: still asking
+        assert asked.data["text"] == "are you there?"
+
+
 async def test_agent_timeout_sends_the_fallback_and_recovers(store: EventStore) -> None:
     from sandbox.elevenlabs import Faults
 
