@@ -4,6 +4,7 @@ user runs them (a real process) against the stand-ins on loopback."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -177,7 +178,10 @@ async def test_process_command_in_process_with_both_stores(store: EventStore) ->
         )
     assert report.finished
     assert sorted(report.followed_up) == numbers
-    assert sum("first message sent" in line for line in lines) == 2
+    # Both went out; free text outside the window may already have failed with 63016 by
+    # the time the report reads the stream (the stand-in fails it a moment after sending).
+    went_out = [line for line in lines if re.search(r"first message (sent|failed) \(SM", line)]
+    assert len(went_out) == 2
     settled = [r for r in await store.read_stream(batch_stream(batch_id))]
     assert [r.type for r in settled].count("RecipientSettled") == 2
     assert {r.data["source"] for r in settled} == {"cli"}
