@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import time
 import uuid
 
@@ -68,9 +69,11 @@ async def measure(dsn: str, schema: str, writers: int, seconds: float) -> dict[s
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
+    cpu_started = _cpu_seconds()
     try:
         await asyncio.gather(*(writer(i) for i in range(writers)))
         elapsed = time.perf_counter() - started
+        cpu = _cpu_seconds() - cpu_started
     finally:
         await pool.close()
         setup = await asyncpg.connect(dsn)
@@ -82,7 +85,13 @@ async def measure(dsn: str, schema: str, writers: int, seconds: float) -> dict[s
         "rate": len(latencies) / elapsed,
         "p50": latencies[len(latencies) // 2],
         "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "cpu": cpu,
     }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
