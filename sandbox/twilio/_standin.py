@@ -76,6 +76,9 @@ class TwilioStandIn:
         window_failure_status: Final status of free text outside the 24-hour window
             (Twilio has been seen to use both ``failed`` and ``undelivered``).
         webhook_timeout: Twilio's total deadline for a webhook answer.
+        webhook_concurrency: Webhooks and status callbacks in flight at once; the rest
+            wait their turn (a benchmark's hundreds of users would otherwise spend the
+            stand-in's CPU in the HTTP client's pool bookkeeping, not in the app).
         messages: Every message by sid, in creation order (inbound and outbound).
         deliveries: Every webhook and status callback the stand-in made, in order.
     """
@@ -89,6 +92,7 @@ class TwilioStandIn:
     delays: DeliveryDelays = attrs.Factory(DeliveryDelays)
     window_failure_status: Literal["failed", "undelivered"] = "failed"
     webhook_timeout: float = 15.0
+    webhook_concurrency: int = 64
     clock: SandboxClock = attrs.Factory(SandboxClock)
     faults: FaultPlan = attrs.Factory(FaultPlan)
     templates: dict[str, Template] = attrs.Factory(dict)
@@ -98,7 +102,12 @@ class TwilioStandIn:
     channel_install_sid: str = attrs.Factory(lambda: new_sid("XE"))
     last_inbound: dict[str, float] = attrs.Factory(dict)
     base_url: str | None = attrs.field(default=None, init=False)
-    _arrived: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    #: Outbound sids by recipient address, in creation order (``received`` without a scan).
+    _outbound: dict[str, list[str]] = attrs.field(factory=dict, init=False, repr=False)
+    _inbound: dict[str, list[str]] = attrs.field(factory=dict, init=False, repr=False)
+    #: Set when a message for that address is created, then replaced: per-recipient wake-ups.
+    _arrived: dict[str, trio.Event] = attrs.field(factory=dict, init=False, repr=False)
+    _in_flight: trio.CapacityLimiter = attrs.field(init=False, repr=False)
     app: ASGIApp = attrs.field(init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
     _http: httpx.AsyncClient | None = attrs.field(default=None, init=False, repr=False)
@@ -107,6 +116,7 @@ class TwilioStandIn:
         from sandbox.twilio._server import build_app
 
         self.app = faulting(build_app(self), self.faults)
+        self._in_flight = trio.CapacityLimiter(self.webhook_concurrency)
 
     # ------------------------------------------------------------------ test-facing API
 
@@ -137,21 +147,11 @@ class TwilioStandIn:
         a message that failed (63016) is listed with its failed status, so a test can see
         the attempt as well as the outcome.
         """
-        address = whatsapp_address(phone)
-        return [
-            record
-            for record in self.messages.values()
-            if record.direction != "inbound" and record.to == address
-        ]
+        return [self.messages[sid] for sid in self._outbound.get(whatsapp_address(phone), ())]
 
     def sent_by(self, phone: str) -> list[MessageRecord]:
         """What ``phone`` sent to the account (inbound messages), oldest first."""
-        address = whatsapp_address(phone)
-        return [
-            record
-            for record in self.messages.values()
-            if record.direction == "inbound" and record.from_ == address
-        ]
+        return [self.messages[sid] for sid in self._inbound.get(whatsapp_address(phone), ())]
 
     async def user_says(
         self,
@@ -196,6 +196,7 @@ class TwilioStandIn:
             date_sent=now,
             media_urls=urls,
         )
+        self._inbound.setdefault(whatsapp_address(user), []).append(sid)
         self.last_inbound[user] = self.clock.now()
         params = inbound_params(
             sid=sid,
@@ -239,8 +240,7 @@ class TwilioStandIn:
             messaging_service_sid=request.messaging_service_sid,
             status_callback=request.status_callback,
         )
-        self.messages[record.sid] = record
-        self._outbound_arrived()
+        self._add_outbound(record)
         closed = request.is_free_form and not self.window_open(request.to)
         nursery.start_soon(self._live, record.sid, closed)
         return record
@@ -250,13 +250,18 @@ class TwilioStandIn:
 
         Woken by every outbound message, so tests and benchmarks wait without polling.
         """
+        address = whatsapp_address(phone)
         while len(received := self.received(phone)) < count:
-            await self._arrived.wait()
+            await self._arrived.setdefault(address, trio.Event()).wait()
         return received
 
-    def _outbound_arrived(self) -> None:
-        self._arrived.set()
-        self._arrived = trio.Event()
+    def _add_outbound(self, record: MessageRecord) -> None:
+        """Store a message to a user and wake whoever waits for that user's messages."""
+        self.messages[record.sid] = record
+        self._outbound.setdefault(record.to, []).append(record.sid)
+        arrived = self._arrived.pop(record.to, None)
+        if arrived is not None:
+            arrived.set()
 
     def _record_replies(self, user: str, answer: str) -> None:
         _, nursery = self._serving()
@@ -275,8 +280,7 @@ class TwilioStandIn:
                 media_urls=reply.media_urls,
                 status_callback=reply.status_callback,
             )
-            self.messages[record.sid] = record
-            self._outbound_arrived()
+            self._add_outbound(record)
             nursery.start_soon(self._live, record.sid, False)
 
     def _media_url(self, item: StoredMedia) -> str:
@@ -357,7 +361,8 @@ class TwilioStandIn:
         code: int | None = None
         for attempt in range(2):
             try:
-                response = await http.post(url, data=params, headers=headers, timeout=timeout)
+                async with self._in_flight:
+                    response = await http.post(url, data=params, headers=headers, timeout=timeout)
             except httpx.ConnectError:
                 code = 11205
                 if attempt == 0:
@@ -410,7 +415,11 @@ async def serve_twilio(
     server, then cancels whatever callbacks were still waiting.
     """
     standin = standin if standin is not None else TwilioStandIn()
-    async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
+    # As many connections as requests in flight: httpx's pool scans every connection for
+    # every queued request, so a queue longer than the pool costs time squared.
+    slots = standin.webhook_concurrency
+    limits = httpx.Limits(max_connections=slots, max_keepalive_connections=slots)
+    async with httpx.AsyncClient(limits=limits) as http, trio.open_nursery() as nursery:
         standin._http, standin._nursery = http, nursery
         try:
             async with serve_asgi(standin.app, host, port) as url:
