@@ -15,6 +15,7 @@ worker, where nothing here can work, so the lifespan fails with one line naming 
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -47,8 +48,18 @@ class AftercallApp(QuartTrio):
         super().log_exception(exception_info)
 
 
-def create_app(system_factory: Callable[..., Awaitable[None]] = run_system) -> QuartTrio:
-    """The Quart-Trio app; ``system_factory`` is how tests inject settings."""
+def create_app(
+    system_factory: Callable[..., Awaitable[None]] = run_system, *, freeze_heap: bool = False
+) -> QuartTrio:
+    """The Quart-Trio app; ``system_factory`` is how tests inject settings.
+
+    ``freeze_heap`` (the deployed app): once the system is up, everything built so far
+    (modules, classes, the system) is moved out of the cycle collector's sight with
+    ``gc.freeze()``. A full collection otherwise walks those few hundred thousand objects
+    and stops every conversation for it: measured 80-180 ms pauses under load, the largest
+    single source of tail latency. Tests keep it off: freezing is process-wide, and a
+    test process builds and drops many systems.
+    """
     app = AftercallApp("aftercall")
     # A post-call webhook carries a whole transcript; Twilio's forms are small and their
     # handlers hold them to TWILIO_FORM_LIMIT.
@@ -67,6 +78,9 @@ def create_app(system_factory: Callable[..., Awaitable[None]] = run_system) -> Q
                 raise
             raise leaf from None
         app.config["AFTERCALL_SYSTEM"] = holder["system"]
+        if freeze_heap:
+            gc.collect()
+            gc.freeze()
 
     @app.after_serving
     async def stop_system() -> None:
@@ -143,5 +157,5 @@ class TrioOnly:
             os._exit(2)
 
 
-quart_app = create_app()
+quart_app = create_app(freeze_heap=True)
 app = TrioOnly(quart_app, exit_on_failure=True)
