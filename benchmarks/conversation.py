@@ -17,8 +17,15 @@ What is measured, from aftercall's own event log after the run:
   agent time. That is everything aftercall itself does: the webhook, the append, waking the
   actor, folding, the agent round trip's overhead, the reply intent, the Twilio call set-up.
 - throughput: inbound messages answered per second over the measured window.
+- where the added latency goes, per reply: webhook received -> the actor asks the agent
+  (the inbound append, waking the actor), the turn's overhead (asked -> answered, minus
+  agent time), and answered -> Twilio request started (the reply intent's append).
 - exactly once: every MessageReceived is answered by exactly one reply that was sent, and
   the stand-in's phones received exactly as many messages as were answered.
+
+With ``--think``, users wait a random 0.5-1.5x the think time, and start spread over one
+think time: with one fixed pause they would move in lockstep, and every conversation's
+message would arrive in the same instant, a burst no real set of people produces.
 
 The baseline printed beside it is the machine's ceiling for the webhook alone
 (../shared/notes/stack.md: a bare signed-webhook handler under Hypercorn tops out near
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -74,6 +82,7 @@ class RunResult:
     phones_received: int
     profile: str | None = None
     cpu_seconds: float = 0.0
+    stages: dict[str, list[float]] = attrs.Factory(dict)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -144,17 +153,21 @@ async def run_once(
             started = time.monotonic()
             cpu_before = _cpu_seconds(server.pid)
 
+            pace = random.Random(conversations)
+
             async def user(phone: str) -> None:
                 nonlocal sent
                 i = 0
+                if think:
+                    await trio.sleep(pace.uniform(0, think))
                 while trio.current_time() < deadline:
                     await tw.user_says(phone, f"question {i} from {phone}")
                     sent += 1
                     i += 1
                     with trio.move_on_after(30):
                         await tw.wait_received(phone, i + 1)  # the first message, then answers
-                    if think:
-                        await trio.sleep(think)  # a person reads the answer, then types
+                    if think:  # a person reads the answer, then types
+                        await trio.sleep(think * pace.uniform(0.5, 1.5))
 
             async with trio.open_nursery() as nursery:
                 for phone in phones:
@@ -197,6 +210,8 @@ async def _analyse(
             events.extend(batch)
             position = batch[-1].position
     received_at: dict[str, datetime] = {}
+    asked_at: dict[str, datetime] = {}
+    answered_at: dict[str, datetime] = {}
     turns: dict[str, float] = {}
     replies: dict[str, dict[str, Any]] = {}
     sent_replies: dict[str, dict[str, Any]] = {}
@@ -205,8 +220,11 @@ async def _analyse(
         data = event.data
         if event.type == "MessageReceived":
             received_at[data["message_sid"]] = datetime.fromisoformat(data["received_at"])
+        elif event.type == "AgentAsked":
+            asked_at[data["turn_id"]] = datetime.fromisoformat(data["asked_at"])
         elif event.type == "AgentAnswered":
             turns[data["turn_id"]] = data["agent_seconds"]
+            answered_at[data["turn_id"]] = datetime.fromisoformat(data["answered_at"])
         elif event.type == "ReplyRequested":
             replies[data["reply_id"]] = data
             for sid in data["in_reply_to"]:
@@ -215,6 +233,7 @@ async def _analyse(
             sent_replies[data["reply_id"]] = data
     added: list[float] = []
     agent: list[float] = []
+    stages: dict[str, list[float]] = {"to actor": [], "turn": [], "to send": []}
     for reply_id, outcome in sent_replies.items():
         request = replies[reply_id]
         if request["kind"] != "agent" or not outcome.get("send_started_at"):
@@ -224,6 +243,12 @@ async def _analyse(
         start = datetime.fromisoformat(outcome["send_started_at"])
         added.append(((start - inbound).total_seconds() - agent_s) * 1000)
         agent.append(agent_s * 1000)
+        turn = request["turn_id"]
+        if turn in asked_at and turn in answered_at:
+            asked, answered = asked_at[turn], answered_at[turn]
+            stages["to actor"].append((asked - inbound).total_seconds() * 1000)
+            stages["turn"].append(((answered - asked).total_seconds() - agent_s) * 1000)
+            stages["to send"].append((start - answered).total_seconds() * 1000)
     unanswered = sum(1 for sid in received_at if answered_by.get(sid, 0) == 0)
     duplicates = sum(1 for count in answered_by.values() if count > 1)
     answered = sum(
@@ -234,7 +259,7 @@ async def _analyse(
     first_messages = sum(1 for r in replies.values() if r["kind"] == "first_message")
     return RunResult(
         conversations, elapsed, sent, answered, added, agent, duplicates, unanswered,
-        received - first_messages,
+        received - first_messages, stages=stages,
     )  # fmt: skip
 
 
@@ -310,6 +335,13 @@ def main() -> None:
               f"{_pct(r.agent_ms, 0.5):>8.1f}ms {r.duplicates:>4} {r.unanswered:>5} "
               f"{r.phones_received:>9} "
             f"{1000 * r.cpu_seconds / max(r.answered, 1):>6.2f}ms")  # fmt: skip
+    print("\nadded latency by stage, p50 / p99 (webhook -> actor asks; turn overhead; "
+          "answered -> Twilio request):")  # fmt: skip
+    for r in results:
+        shown = "  ".join(
+            f"{name} {_pct(v, 0.5):.1f} / {_pct(v, 0.99):.1f} ms" for name, v in r.stages.items()
+        )
+        print(f"{r.conversations:>13}  {shown}")
     for r in results:
         if r.profile:
             print(
