@@ -1,6 +1,7 @@
 """Projection benchmark: rebuild rate and live lag on PostgreSQL.
 
     .venv/bin/python benchmarks/projections.py [--events 1000000] [--rate 500] [--seconds 30]
+        [--schema aftercall_bench_1m]
 
 1. Seeds a fresh schema with ``--events`` events of realistic follow-up conversations
    (tests/projections/workload.py: calls, first messages, statuses in and out of order,
@@ -14,7 +15,10 @@
 
 Floors (issue 7): 20,000 events per second rebuilt; p99 live lag under 1 second.
 ``DATABASE_URL`` (default: the local server's ``test`` database); the schema is dropped
-at the end.
+at the end, unless ``--schema`` names it: then it is kept, and a later run with the same
+``--schema`` reuses its seeded log (seeding a million events takes minutes; the rebuild
+being measured takes seconds). A reused log is put back as it was seeded: the events the
+last run's live phase appended are deleted, and so are the read models and checkpoints.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from events.postgres import open_postgres_store
+from events.postgres import PostgresEventStore, open_postgres_store
 from events.store import EventStore, NewEvent
 from projections.queries import percentile
-from projections.runner import ProjectionRunner, open_read_models, rebuild
+from projections.readmodels import CHECKPOINTS, REBUILD_SUFFIX
+from projections.runner import ALL_PROJECTIONS, ProjectionRunner, open_read_models, rebuild
 from tests.projections.workload import Append, conversation
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+#: Where a kept schema remembers what was seeded into it (one row).
+SEEDED = "bench_seeded"
 FLOOR_REBUILD = 20_000
 FLOOR_LAG_P99 = 1.0
 
@@ -134,20 +141,65 @@ async def live_lag(
     return lags
 
 
+async def reuse(store: PostgresEventStore, events: int) -> int | None:
+    """The phones of a log seeded by an earlier run with ``--schema``, put back as it was
+    seeded; None if nothing was seeded here yet."""
+    database = store.database
+    if not await database.fetchval("SELECT to_regclass($1) IS NOT NULL", SEEDED):
+        return None
+    row = await database.fetchrow(f"SELECT events, phones, head FROM {SEEDED}")
+    if row is None:
+        return None
+    if row["events"] != events:
+        raise SystemExit(
+            f"schema {store.log.schema} was seeded with {row['events']:,} events, not"
+            f" {events:,}: pass --events {row['events']} or another --schema"
+        )
+    await database.execute("DELETE FROM events WHERE position > $1", row["head"])
+    for projection in ALL_PROJECTIONS:
+        for table in projection.tables:
+            for suffix in ("", REBUILD_SUFFIX):
+                await database.execute(f"DROP TABLE IF EXISTS {table.name}{suffix}")
+    await database.execute(f"DROP TABLE IF EXISTS {CHECKPOINTS}")
+    await database.execute("VACUUM ANALYZE events")
+    return int(row["phones"])
+
+
 async def main(args: argparse.Namespace) -> int:
     dsn = os.environ.get("DATABASE_URL") or DEFAULT_DSN
-    schema = f"aftercall_bench_{uuid.uuid4().hex[:10]}"
+    schema = args.schema or f"aftercall_bench_{uuid.uuid4().hex[:10]}"
+    reused = None
+    if args.schema:
+        # A store of its own: the one measured below must not remember the deleted head.
+        async with open_postgres_store(dsn, schema=schema, pool_size=1) as store:
+            reused = await reuse(store, args.events)
     async with open_postgres_store(dsn, schema=schema, pool_size=8) as store:
         try:
             async with open_read_models(store) as models:
-                print(f"seeding {args.events:,} events into schema {schema} ...", file=sys.stderr)
-                t0 = time.perf_counter()
-                events, phones = await seed(store, args.events)
-                print(
-                    f"seeded {events:,} events for {phones:,} phones in"
-                    f" {time.perf_counter() - t0:.0f} s",
-                    file=sys.stderr,
-                )
+                if reused is not None:
+                    phones = reused
+                    print(f"reusing the {args.events:,} events in schema {schema}", file=sys.stderr)
+                else:
+                    print(
+                        f"seeding {args.events:,} events into schema {schema} ...", file=sys.stderr
+                    )
+                    t0 = time.perf_counter()
+                    events, phones = await seed(store, args.events)
+                    print(
+                        f"seeded {events:,} events for {phones:,} phones in"
+                        f" {time.perf_counter() - t0:.0f} s",
+                        file=sys.stderr,
+                    )
+                    if args.schema:
+                        await store.database.execute(
+                            f"CREATE TABLE {SEEDED} (events bigint, phones bigint, head bigint)"
+                        )
+                        await store.database.execute(
+                            f"INSERT INTO {SEEDED} VALUES ($1, $2, $3)",
+                            args.events,
+                            phones,
+                            await store.head(),
+                        )
                 await models.prepare([])
                 cpu = time.process_time()
                 report = await rebuild(store, models)
@@ -161,7 +213,8 @@ async def main(args: argparse.Namespace) -> int:
                     )
                     nursery.cancel_scope.cancel()
         finally:
-            await store.database.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            if not args.schema:
+                await store.database.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
     p50, p99 = percentile(lags, 50), percentile(lags, 99)
     rate_ok = report.events_per_second >= FLOOR_REBUILD
@@ -188,4 +241,8 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rate", type=float, default=500.0, help="appends per second")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--schema",
+        help="keep the seeded log in this schema and reuse it in later runs (not dropped)",
+    )
     sys.exit(trio.run(main, parser.parse_args()))
