@@ -221,10 +221,10 @@ class GroupCommitter:
 
     write_batch: WriteBatch
     max_batch: int = 500
-    #: Batches in flight at once. One is all a single-writer backend (SQLite) can use. A
-    #: backend that decides each batch under its own lock on the server (PostgreSQL) can
-    #: take two, so one batch is gathered and answered in Python while the server commits
-    #: the other: the two cores work at once instead of in turn.
+    #: Batches in flight at once. One is all a single-writer backend (SQLite) can use; a
+    #: backend that decides each batch under its own lock on the server (PostgreSQL) may
+    #: take more, so that one batch is gathered in Python while the server commits another
+    #: (measured there: slower with 100 writers, so it keeps one).
     writers: int = 1
     _send: trio.MemorySendChannel[AppendRequest] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[AppendRequest] = attrs.field(init=False)

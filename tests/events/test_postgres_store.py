@@ -430,3 +430,37 @@ async def test_the_batch_state_query_probes_indexes(pg_store: PostgresEventStore
     assert "Seq Scan" not in plan, plan
     assert "events_event_id_key" in plan
     assert "events_stream_version_key" in plan
+
+
+async def test_two_batches_in_flight_decide_every_append_once(
+    pg_dsn: str, pg_schema: str, pg_app: str
+) -> None:
+    """``writers=2``: two batches commit concurrently, each decided under the log's lock."""
+    async with open_postgres_store(
+        pg_dsn, schema=pg_schema, application_name=pg_app, pool_size=2, writers=2
+    ) as store:
+        conflicts: list[WrongExpectedVersion] = []
+
+        async def appender(index: int) -> None:
+            for version in range(5):
+                await store.append(f"lane-{index % 10}", [ev(version)])
+                await store.append(f"own-{index}", [ev(version)], expected_version=version)
+                try:  # the same expectation again: already met, so it must fail
+                    await store.append(f"own-{index}", [ev(version)], expected_version=version)
+                except WrongExpectedVersion as exc:
+                    conflicts.append(exc)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for index in range(40):
+                    nursery.start_soon(appender, index)
+            everything = await store.read_all(limit=10_000)
+    assert store.statistics().batches < store.statistics().appends
+    assert len(conflicts) == 40 * 5
+    positions = [e.position for e in everything]
+    assert positions == sorted(set(positions))
+    for index in range(10):
+        versions = [e.version for e in everything if e.stream == f"lane-{index}"]
+        assert versions == list(range(1, 21))
+    for index in range(40):
+        assert [e.version for e in everything if e.stream == f"own-{index}"] == [1, 2, 3, 4, 5]
