@@ -23,8 +23,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from events.store import RecordedEvent
-from projections.model import Key, Projection, Row, RowSet, Rule, Table, Wants, columns
+from projections.model import Key, Projection, Recorded, Row, RowSet, Rule, Table, Wants, columns
 from projections.rules import FAILED_STATUSES, part_count, part_id, phone_of, time_of
 
 #: WhatsApp's customer-service window (free-form text only this long after the last inbound).
@@ -58,7 +57,7 @@ OUTBOX = Table(
 _PROGRESS: Final = frozenset({"AgentAsked", "AgentSessionOpened", "ReplyRequested", "ReplySent"})
 
 
-def _subject(record: RecordedEvent) -> str | None:
+def _subject(record: Recorded) -> str | None:
     """The phone a record is about: its phone stream, or the actor a supervisor stopped."""
     phone = phone_of(record)
     if phone is not None:
@@ -78,12 +77,10 @@ def _with_part(phone: str, data: Mapping[str, Any]) -> list[tuple[str, Key]]:
     ]
 
 
-def _rule(
-    change: Callable[[RowSet, Row, RecordedEvent], None], wants: Wants = _conversation
-) -> Rule:
+def _rule(change: Callable[[RowSet, Row, Recorded], None], wants: Wants = _conversation) -> Rule:
     """A rule that changes the phone's row, then restates its state and position."""
 
-    def apply(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+    def apply(rows: RowSet, phone: str, record: Recorded) -> None:
         row = rows.get("conversations", phone) or _new(phone, record)
         if record.type in _PROGRESS:
             row["actor_stopped"] = False
@@ -96,20 +93,20 @@ def _rule(
     return Rule(apply, wants)
 
 
-def _call_completed(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
+def _call_completed(_rows: RowSet, row: Row, record: Recorded) -> None:
     row["call_conversation_id"] = record.data["conversation_id"]
     row["calls_completed"] += 1
     row["first_message_due"] = True
     row["failing"] = False
 
 
-def _call_failed(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
+def _call_failed(_rows: RowSet, row: Row, record: Recorded) -> None:
     row["calls_failed"] += 1
     row["failing"] = row["messages_out"] == 0  # nothing reached the person yet
     _error(row, f"call failed: {record.data['reason']}", record.recorded_at)
 
 
-def _received(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
+def _received(_rows: RowSet, row: Row, record: Recorded) -> None:
     data = record.data
     at = time_of(data["received_at"])
     row["messages_in"] += 1
@@ -121,7 +118,7 @@ def _received(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
     _touch(row, at)
 
 
-def _turn_failed(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
+def _turn_failed(_rows: RowSet, row: Row, record: Recorded) -> None:
     data = record.data
     row["fallbacks"] += 1
     detail = data.get("detail") or ""
@@ -129,7 +126,7 @@ def _turn_failed(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
     _error(row, message, time_of(data["failed_at"]))
 
 
-def _session_closed(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
+def _session_closed(_rows: RowSet, row: Row, record: Recorded) -> None:
     data = record.data
     if data.get("likely_cause"):
         code = data.get("code")
@@ -138,7 +135,7 @@ def _session_closed(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
         _error(row, message, time_of(data["closed_at"]))
 
 
-def _requested(rows: RowSet, row: Row, record: RecordedEvent) -> None:
+def _requested(rows: RowSet, row: Row, record: Recorded) -> None:
     data = record.data
     if data["kind"] == "first_message":
         row["first_message_due"] = False
@@ -151,7 +148,7 @@ def _requested(rows: RowSet, row: Row, record: RecordedEvent) -> None:
         row["pending_parts"] += 1
 
 
-def _sent(rows: RowSet, row: Row, record: RecordedEvent) -> None:
+def _sent(rows: RowSet, row: Row, record: Recorded) -> None:
     data = record.data
     at = time_of(data["sent_at"])
     pending = _settle(rows, row, data)
@@ -164,7 +161,7 @@ def _sent(rows: RowSet, row: Row, record: RecordedEvent) -> None:
     _touch(row, at)
 
 
-def _reply_failed(rows: RowSet, row: Row, record: RecordedEvent) -> None:
+def _reply_failed(rows: RowSet, row: Row, record: Recorded) -> None:
     data = record.data
     _settle(rows, row, data)
     row["replies_failed"] += 1
@@ -176,7 +173,7 @@ def _reply_failed(rows: RowSet, row: Row, record: RecordedEvent) -> None:
     )
 
 
-def _status(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
+def _status(_rows: RowSet, row: Row, record: Recorded) -> None:
     data = record.data
     if data["status"] in FAILED_STATUSES:
         # A late callback about an older message says nothing about where things stand now.
@@ -186,7 +183,7 @@ def _status(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
         _error(row, _twilio(data.get("error_code"), detail), time_of(data["at"]))
 
 
-def _stopped(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
+def _stopped(_rows: RowSet, row: Row, record: Recorded) -> None:
     data = record.data
     row["actor_stopped"] = True
     _error(
@@ -197,7 +194,7 @@ def _stopped(_rows: RowSet, row: Row, record: RecordedEvent) -> None:
     )
 
 
-def _nothing(_rows: RowSet, _row: Row, _record: RecordedEvent) -> None:
+def _nothing(_rows: RowSet, _row: Row, _record: Recorded) -> None:
     """Progress only: the actor is running (see ``_PROGRESS``)."""
 
 
@@ -225,7 +222,7 @@ def _error(row: Row, message: str, at: datetime | None) -> None:
     row["last_error_at"] = at
 
 
-def _new(phone: str, record: RecordedEvent) -> Row:
+def _new(phone: str, record: Recorded) -> Row:
     row: dict[str, Any] = dict.fromkeys(CONVERSATIONS.column_names)
     for name in (
         "calls_completed",

@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from events.store import RecordedEvent
-from projections.model import Key, Projection, Row, RowSet, Rule, Table, columns
+from projections.model import Key, Projection, Recorded, Row, RowSet, Rule, Table, columns
 from projections.rules import (
     FAILED_STATUSES,
     later_status,
@@ -49,7 +48,7 @@ PHONES = Table(
 _TIME_OF_STATUS = {"delivered": "delivered_at", "read": "read_at"}
 
 
-def _call_completed(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _call_completed(rows: RowSet, phone: str, record: Recorded) -> None:
     known = rows.get("history_phones", phone)
     rows.put(
         "history_phones",
@@ -61,7 +60,7 @@ def _call_completed(rows: RowSet, phone: str, record: RecordedEvent) -> None:
     )
 
 
-def _failed(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _failed(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     key = part_id(data["reply_id"], data["part"])
     row = rows.get("message_history", key) or _bare(key, phone, record)
@@ -81,7 +80,7 @@ def _current_call(rows: RowSet, phone: str) -> str | None:
     return None if known is None else known["call_conversation_id"]
 
 
-def _received(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _received(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     sid = data["message_sid"]
     if rows.get("message_history", sid) is not None:
@@ -103,7 +102,7 @@ def _received(rows: RowSet, phone: str, record: RecordedEvent) -> None:
     )
 
 
-def _requested(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _requested(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     at = time_of(data["requested_at"])
     template = data.get("template")
@@ -132,7 +131,7 @@ def _requested(rows: RowSet, phone: str, record: RecordedEvent) -> None:
         )
 
 
-def _sent(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _sent(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     sid = data["message_sid"]
     pending_key = part_id(data["reply_id"], data["part"])
@@ -159,7 +158,7 @@ def _sent(rows: RowSet, phone: str, record: RecordedEvent) -> None:
     rows.put("message_history", row)
 
 
-def _status(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _status(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     sid = data["message_sid"]
     row = rows.get("message_history", sid)
@@ -181,13 +180,13 @@ def _status(rows: RowSet, phone: str, record: RecordedEvent) -> None:
 _BLANK: Row = dict.fromkeys(MESSAGES.column_names)
 
 
-def _empty(message_id: str, phone: str, record: RecordedEvent) -> Row:
+def _empty(message_id: str, phone: str, record: Recorded) -> Row:
     row = _BLANK.copy()
     row.update(message_id=message_id, phone=phone, media_count=0, position=record.position)
     return row
 
 
-def _bare(message_id: str, phone: str, record: RecordedEvent) -> Row:
+def _bare(message_id: str, phone: str, record: Recorded) -> Row:
     """An outbound row for a message whose request this projection never saw."""
     return _empty(message_id, phone, record) | {"direction": "outbound", "status": "requested"}
 

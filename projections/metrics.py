@@ -28,8 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from events.store import RecordedEvent
-from projections.model import Key, Projection, Row, RowSet, Rule, Table, columns
+from projections.model import Key, Projection, Recorded, Row, RowSet, Rule, Table, columns
 from projections.rules import (
     FAILED_STATUSES,
     hour_of,
@@ -92,22 +91,22 @@ INBOUND = Table(
 )
 
 
-def _call_completed(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _call_completed(rows: RowSet, phone: str, record: Recorded) -> None:
     rows.add("metric_counters", "calls", "completed", count=1)
     _new_call(rows, phone, record.data["conversation_id"], record)
 
 
-def _call_failed(rows: RowSet, _phone: str, _record: RecordedEvent) -> None:
+def _call_failed(rows: RowSet, _phone: str, _record: Recorded) -> None:
     rows.add("metric_counters", "calls", "failed", count=1)
 
 
-def _session_opened(rows: RowSet, _phone: str, record: RecordedEvent) -> None:
+def _session_opened(rows: RowSet, _phone: str, record: Recorded) -> None:
     rows.add("metric_counters", "agent_sessions", "opened", count=1)
     if record.data.get("reopened"):
         rows.add("metric_counters", "agent_sessions", "reopened", count=1)
 
 
-def _answered(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _answered(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     at = time_of(data["answered_at"])
     assert at is not None
@@ -123,11 +122,11 @@ def _answered(rows: RowSet, phone: str, record: RecordedEvent) -> None:
     )
 
 
-def _turn_failed(rows: RowSet, _phone: str, record: RecordedEvent) -> None:
+def _turn_failed(rows: RowSet, _phone: str, record: Recorded) -> None:
     rows.add("metric_counters", "fallbacks", record.data["reason"], count=1)
 
 
-def _reply_failed(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _reply_failed(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     key = part_id(data["reply_id"], data["part"])
     row = rows.get("metric_messages", key) or _message(key, phone, "outbound", None)
@@ -135,7 +134,7 @@ def _reply_failed(rows: RowSet, phone: str, record: RecordedEvent) -> None:
     rows.put("metric_messages", row)
 
 
-def _status(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _status(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     sid = data["message_sid"]
     row = rows.get("metric_messages", sid) or _message(sid, phone, "outbound", None)
@@ -155,7 +154,7 @@ def _message(message_id: str, phone: str, direction: str, status: str | None) ->
     }
 
 
-def _new_call(rows: RowSet, phone: str, call_id: str, record: RecordedEvent) -> None:
+def _new_call(rows: RowSet, phone: str, call_id: str, record: Recorded) -> None:
     completed = time_of(record.data.get("ended_at")) or record.recorded_at
     state = {
         "phone": phone,
@@ -185,7 +184,7 @@ def _funnel(rows: RowSet, state: Row) -> None:
     )
 
 
-def _received(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _received(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     sid = data["message_sid"]
     at = time_of(data["received_at"])
@@ -204,7 +203,7 @@ def _received(rows: RowSet, phone: str, record: RecordedEvent) -> None:
     _funnel(rows, rows.put("metric_phones", state))
 
 
-def _requested(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _requested(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     rows.add("metric_counters", "replies", data["kind"], count=1)
     for index in range(part_count(data)):
@@ -248,7 +247,7 @@ def _requested(rows: RowSet, phone: str, record: RecordedEvent) -> None:
         rows.put("metric_phones", state)
 
 
-def _sent(rows: RowSet, phone: str, record: RecordedEvent) -> None:
+def _sent(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     sid = data["message_sid"]
     pending_key = part_id(data["reply_id"], data["part"])

@@ -15,15 +15,62 @@ a phone): that is the one constraint the folds are written around.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, NamedTuple, Protocol
 
 import attrs
-
-from events.store import RecordedEvent
 
 ColumnType = Literal["text", "int", "float", "time", "bool"]
 Row = dict[str, Any]
 Key = tuple[Any, ...]
+
+
+class Recorded(Protocol):
+    """What a fold may read of an event in the log.
+
+    The store's `events.store.RecordedEvent` is one. So is `LogEvent`, what the
+    projections' own reads of the log make: a rebuild folds a million of them, and the
+    version, id and metadata no fold reads cost a quarter of the read's time to decode.
+    """
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+    @property
+    def recorded_at(self) -> datetime: ...
+
+
+class LogEvent(NamedTuple):
+    """An event as the projections read it: only what folds use (see `Recorded`).
+
+    A named tuple: made in C, several times faster than a frozen attrs class.
+    """
+
+    position: int
+    stream: str
+    type: str
+    data: Mapping[str, Any]
+    recorded_at: datetime
+
+
+@attrs.frozen
+class LogPage:
+    """One read of the log: the events a reader asked for, and how far it read.
+
+    ``last`` is the position of the last event in the page's window, kept or not (None:
+    nothing past ``after`` yet): a checkpoint moves there, so events no rule folds are
+    never read again, and a follower of a projection that folds none of the latest
+    events still reports that it has projected them. ``read`` counts the window's events.
+    """
+
+    records: list[Recorded]
+    last: int | None
+    read: int = 0
 
 
 @attrs.frozen
@@ -78,7 +125,7 @@ class Table:
 #: Which rows (table name, primary key) folding an event reads, from its subject and data.
 Wants = Callable[[str, Mapping[str, Any]], Iterable[tuple[str, Key]]]
 #: Fold one event about ``subject`` into the rows (mutating the `RowSet`).
-Apply = Callable[["RowSet", str, RecordedEvent], None]
+Apply = Callable[["RowSet", str, Recorded], None]
 
 
 @attrs.frozen
@@ -89,7 +136,7 @@ class Rule:
     wants: Wants = lambda _subject, _data: ()
 
 
-def _stream_id(record: RecordedEvent) -> str | None:
+def _stream_id(record: Recorded) -> str | None:
     return record.stream.partition("-")[2] or None
 
 
@@ -107,7 +154,7 @@ class Projection:
     version: int
     tables: tuple[Table, ...]
     rules: Mapping[str, Rule]
-    subject: Callable[[RecordedEvent], str | None] = _stream_id
+    subject: Callable[[Recorded], str | None] = _stream_id
 
     def table(self, name: str) -> Table:
         for table in self.tables:
@@ -115,7 +162,7 @@ class Projection:
                 return table
         raise KeyError(f"projection {self.name} has no table {name}")
 
-    def plan(self, records: Iterable[RecordedEvent]) -> list[tuple[Rule, str, RecordedEvent]]:
+    def plan(self, records: Iterable[Recorded]) -> list[tuple[Rule, str, Recorded]]:
         """The records this projection folds, each with its rule and subject."""
         planned = []
         rules = self.rules
@@ -263,7 +310,7 @@ class RowSet:
         return sum(len(rows) for rows in self._rows.values())
 
 
-def wanted_keys(plan: Iterable[tuple[Rule, str, RecordedEvent]]) -> dict[str, set[Key]]:
+def wanted_keys(plan: Iterable[tuple[Rule, str, Recorded]]) -> dict[str, set[Key]]:
     """Every row a page reads, grouped by table."""
     wanted: dict[str, set[Key]] = {}
     for rule, subject, record in plan:
@@ -278,7 +325,7 @@ def wanted_keys(plan: Iterable[tuple[Rule, str, RecordedEvent]]) -> dict[str, se
 def fold_page(
     projection: Projection,
     loaded: Mapping[str, Iterable[Row]],
-    plan: Iterable[tuple[Rule, str, RecordedEvent]],
+    plan: Iterable[tuple[Rule, str, Recorded]],
 ) -> RowSet:
     """Fold a page (its `Projection.plan`) over the rows it loaded: what to write."""
     rows = RowSet(projection.tables)

@@ -12,17 +12,22 @@ treats that as a reason to try the page again, not as an error (`is_schema_chang
 
 from __future__ import annotations
 
+import json
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from events.store import RecordedEvent
+from events.store import EventStore
 from projections.model import (
     Changes,
     ColumnType,
+    LogEvent,
+    LogPage,
     Projection,
+    Recorded,
     Row,
     Table,
     fold_page,
@@ -47,7 +52,7 @@ from projections.readmodels import (
 )
 
 if TYPE_CHECKING:
-    from events.postgres import Connection, Database
+    from events.postgres import Connection, Database, Record
 
 #: Advisory lock (two-int form, "aftp") taken while tables are created or swapped, so two
 #: processes starting at once take turns instead of racing on the catalog.
@@ -55,6 +60,15 @@ PROJECTIONS_LOCK: Final = "SELECT pg_advisory_xact_lock(1634104432, 0)"
 
 #: From this many rows a table's changes go in by COPY rather than one ``unnest`` insert.
 COPY_FROM: Final = 200
+
+#: The log in the store's safe order (``position > $1 ORDER BY position``, as
+#: ``PostgresEventStore.read_all``), with only what folds read: no version, id or metadata.
+#: The payload of an event of a type no rule folds stays on the server (NULL): its row
+#: only says how far the page reaches.
+READ_LOG: Final = (
+    "SELECT position, stream, type, CASE WHEN type = ANY($3::text[]) THEN data END,"
+    " recorded_at FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+)
 
 _ARRAY_TYPES: Final[Mapping[ColumnType, str]] = {
     "text": "text[]",
@@ -87,8 +101,16 @@ class PostgresReadModels:
     async def checkpoints(self) -> dict[str, Checkpoint]:
         return await self.database.run(_checkpoints, retry=True)
 
-    async def project(self, targets: Sequence[Target], records: Sequence[RecordedEvent]) -> int:
-        return await self.database.transaction(_project, list(targets), list(records))
+    async def read_log(
+        self, store: EventStore, after: int, limit: int, types: Collection[str]
+    ) -> LogPage:
+        rows = await self.database.run(_read_log, after, limit, list(types), retry=True)
+        return log_page(rows)
+
+    async def project(
+        self, targets: Sequence[Target], records: Sequence[Recorded], last: int
+    ) -> int:
+        return await self.database.transaction(_project, list(targets), list(records), last)
 
     async def write(self, work: Sequence[tuple[Target, list[Changes]]], last: int) -> int:
         return await self.database.transaction(_write, list(work), last)
@@ -118,7 +140,42 @@ def numbered(sql: str) -> str:
     return "".join(out)
 
 
+def log_page(rows: Sequence[Record]) -> LogPage:
+    """`LogEvent`s from `READ_LOG`'s rows (decoded on the Trio side, connection returned).
+
+    The page's payloads are parsed by one ``json.loads`` of them joined into one array:
+    per call, ``json.loads`` spends as long getting ready as parsing a small object.
+    """
+    if not rows:
+        return LogPage([], None)
+    kept = [row for row in rows if row[3] is not None]
+    data = json.loads("[" + ",".join([row[3] for row in kept]) + "]")
+    records: list[Recorded] = list(
+        map(
+            _log_event,
+            zip(
+                [row[0] for row in kept],
+                [row[1] for row in kept],
+                [row[2] for row in kept],
+                data,
+                [row[4] for row in kept],
+                strict=True,
+            ),
+        )
+    )
+    return LogPage(records, rows[-1][0], len(rows))
+
+
+#: `LogEvent` from a tuple of its fields, without the Python-level ``__new__`` a named
+#: tuple's constructor runs.
+_log_event: Callable[[tuple[Any, ...]], LogEvent] = partial(tuple.__new__, LogEvent)
+
+
 # -- the asyncio side (each function runs in one bridge crossing) ---------------------------
+async def _read_log(conn: Connection, after: int, limit: int, types: list[str]) -> list[Record]:
+    return await conn.fetch(READ_LOG, after, limit, types)
+
+
 async def _checkpoints(conn: Connection) -> dict[str, Checkpoint]:
     exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", CHECKPOINTS)
     if not exists:
@@ -147,8 +204,9 @@ async def _prepare(conn: Connection, projections: list[Projection]) -> dict[str,
     return await _checkpoints(conn)
 
 
-async def _project(conn: Connection, targets: list[Target], records: list[RecordedEvent]) -> int:
-    last = records[-1].position
+async def _project(
+    conn: Connection, targets: list[Target], records: list[Recorded], last: int
+) -> int:
     for target in targets:
         name = target.checkpoint
         await _check_checkpoint(conn, target)

@@ -19,14 +19,14 @@ tables or the new, never a half-built one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Protocol
 
 import attrs
 
-from events.store import EventStoreError, RecordedEvent
-from projections.model import Changes, ColumnType, Projection, Row, Table
+from events.store import EventStore, EventStoreError
+from projections.model import Changes, ColumnType, LogPage, Projection, Recorded, Row, Table
 
 CHECKPOINTS: Final = "projection_checkpoints"
 REBUILD_SUFFIX: Final = "_rebuild"
@@ -87,12 +87,27 @@ class ReadModels(Protocol):
 
     async def checkpoints(self) -> dict[str, Checkpoint]: ...
 
-    async def project(self, targets: Sequence[Target], records: Sequence[RecordedEvent]) -> int:
-        """Fold ``records`` into each target and move its checkpoint, in one transaction.
+    async def read_log(
+        self, store: EventStore, after: int, limit: int, types: Collection[str]
+    ) -> LogPage:
+        """Up to ``limit`` events past ``after`` in the store's safe order, keeping only
+        those of ``types`` (what the projections fold); `LogPage.last` says how far it read.
 
-        A target gets only the records past its ``expected`` position. Returns the new
-        position (the last record's). Raises `CheckpointMoved` (nothing written) when a
-        checkpoint is not at ``expected``.
+        SQLite reads through ``store``; PostgreSQL reads the log in its own database, only
+        the columns folds use, and never sends the payload of an event no rule folds.
+        """
+        ...
+
+    async def project(
+        self, targets: Sequence[Target], records: Sequence[Recorded], last: int
+    ) -> int:
+        """Fold ``records`` into each target and move its checkpoint to ``last`` (the end
+        of the page read, which may hold events the targets do not fold), in one
+        transaction.
+
+        A target gets only the records past its ``expected`` position. Returns ``last``.
+        Raises `CheckpointMoved` (nothing written) when a checkpoint is not at
+        ``expected``.
         """
         ...
 
@@ -196,5 +211,5 @@ def loadable_key(table: Table) -> str:
     return table.key[0]
 
 
-def records_for(target: Target, records: Sequence[RecordedEvent]) -> list[RecordedEvent]:
+def records_for(target: Target, records: Sequence[Recorded]) -> list[Recorded]:
     return [record for record in records if record.position > target.expected]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from events.store import RecordedEvent
+from projections.model import Recorded
 
 PHONE_CATEGORY: Final = "phone"
 
@@ -35,7 +35,7 @@ STATUS_RANK: Final[Mapping[str, int]] = {
 FAILED_STATUSES: Final = frozenset({"failed", "undelivered", "canceled"})
 
 
-def phone_of(record: RecordedEvent) -> str | None:
+def phone_of(record: Recorded) -> str | None:
     """The phone whose conversation this record belongs to (None for other streams)."""
     category, _, ident = record.stream.partition("-")
     return ident if category == PHONE_CATEGORY else None

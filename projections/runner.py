@@ -31,11 +31,11 @@ from typing import Final
 import attrs
 import trio
 
-from events.store import EventStore, RecordedEvent
+from events.store import EventStore
 from projections.conversations import CONVERSATIONS_PROJECTION
 from projections.history import HISTORY
 from projections.metrics import METRICS
-from projections.model import Changes, Projection, RowSet
+from projections.model import Changes, LogPage, Projection, Recorded, RowSet
 from projections.postgres import is_schema_change
 from projections.readmodels import (
     Checkpoint,
@@ -134,25 +134,27 @@ async def rebuild(
     for projection in projections:
         await models.begin_rebuild(projection)
     caches: dict[str, RowSet] | None = {p.name: RowSet(p.tables) for p in projections}
+    types = folded_types(projections)
     position = 0
     events = 0
-    pages_out, pages_in = trio.open_memory_channel[list[RecordedEvent]](1)
+    pages_out, pages_in = trio.open_memory_channel[LogPage](1)
     writes_out, writes_in = trio.open_memory_channel[_Folded](1)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_pages, store, position, page_size, pages_out)
+            nursery.start_soon(_read_pages, store, models, position, page_size, types, pages_out)
             nursery.start_soon(_write_pages, models, projections, writes_in, on_page)
             async with writes_out, pages_in:
-                async for records in pages_in:
-                    events += len(records)
+                async for page in pages_in:
+                    assert page.last is not None
+                    events += page.read
                     if caches is None:
-                        await writes_out.send(_Folded(position, records, None, events))
+                        await writes_out.send(_Folded(position, page, None, events))
                     else:
-                        work = _fold_aside(projections, caches, position, records)
-                        await writes_out.send(_Folded(position, records, work, events))
+                        work = _fold_aside(projections, caches, position, page.records)
+                        await writes_out.send(_Folded(position, page, work, events))
                         if sum(len(rows) for rows in caches.values()) > max_cached_rows:
                             caches = None  # writes stay in order: later pages read committed rows
-                    position = records[-1].position
+                    position = page.last
     finally:
         gc.unfreeze()
     async with trio.open_nursery() as swaps:  # index builds of different tables in parallel
@@ -163,11 +165,16 @@ async def rebuild(
     )
 
 
+def folded_types(projections: Sequence[Projection]) -> frozenset[str]:
+    """The event types any of ``projections`` has a rule for: all a read needs to keep."""
+    return frozenset(name for projection in projections for name in projection.rules)
+
+
 def _fold_aside(
     projections: Sequence[Projection],
     caches: dict[str, RowSet],
     position: int,
-    records: list[RecordedEvent],
+    records: list[Recorded],
 ) -> list[tuple[Target, list[Changes]]]:
     """Fold one page into the rebuild's rows; what to write for each projection."""
     # The fold allocates a row or two per event and frees nothing cyclic, yet each
@@ -198,7 +205,7 @@ class _Folded:
     None: the rows it needs are read in the transaction)."""
 
     expected: int
-    records: list[RecordedEvent]
+    page: LogPage
     work: list[tuple[Target, list[Changes]]] | None
     events: int
 
@@ -212,31 +219,34 @@ async def _write_pages(
     # CheckpointMoved here means another rebuild of the same projection began: it has the
     # aside tables now, and this one stops.
     async with pages:
-        async for page in pages:
-            last = page.records[-1].position
-            if page.work is not None:
-                await models.write(page.work, last)
+        async for folded in pages:
+            last = folded.page.last
+            assert last is not None
+            if folded.work is not None:
+                await models.write(folded.work, last)
             else:
-                targets = [Target(p, page.expected, aside=True) for p in projections]
-                await models.project(targets, page.records)
+                targets = [Target(p, folded.expected, aside=True) for p in projections]
+                await models.project(targets, folded.page.records, last)
             if on_page is not None:
-                on_page(page.events, last)
+                on_page(folded.events, last)
 
 
 async def _read_pages(
     store: EventStore,
+    models: ReadModels,
     after: int,
     page_size: int,
-    send: trio.MemorySendChannel[list[RecordedEvent]],
+    types: frozenset[str],
+    send: trio.MemorySendChannel[LogPage],
 ) -> None:
-    """Read ahead: the next page is read while the previous one is written."""
+    """Read ahead: the next page is read while the previous one is folded and written."""
     async with send:
         while True:
-            records = await store.read_all(after=after, limit=page_size)
-            if not records:
+            page = await models.read_log(store, after, page_size, types)
+            if page.last is None:
                 return
-            await send.send(records)
-            after = records[-1].position
+            await send.send(page)
+            after = page.last
 
 
 @attrs.frozen
@@ -254,11 +264,15 @@ class ProjectionStatistics:
 @attrs.define(eq=False)
 class _Follower:
     projection: Projection
+    types: frozenset[str] = attrs.field(init=False)
     position: int | None = None
     pages: int = 0
     events: int = 0
     moved: int = 0
     last_error: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.types = folded_types([self.projection])
 
 
 @attrs.define(eq=False)
@@ -363,12 +377,14 @@ class ProjectionRunner:
     async def _step(self, follower: _Follower) -> bool:
         """Project one page; False when the log has nothing past the checkpoint."""
         assert follower.position is not None
-        records = await self.store.read_all(after=follower.position, limit=self.page_size)
-        if not records:
+        page = await self.models.read_log(
+            self.store, follower.position, self.page_size, follower.types
+        )
+        if page.last is None:
             return False
         try:
             position = await self.models.project(
-                [Target(follower.projection, follower.position)], records
+                [Target(follower.projection, follower.position)], page.records, page.last
             )
         except CheckpointMoved as exc:
             follower.moved += 1
@@ -379,7 +395,7 @@ class ProjectionRunner:
             position = exc.actual
         else:
             follower.pages += 1
-            follower.events += len(records)
+            follower.events += page.read
         self._advance(follower, position)
         return True
 

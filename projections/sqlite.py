@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +27,13 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from events.store import RecordedEvent, StoreUnavailable
+from events.store import EventStore, StoreUnavailable
 from projections.model import (
     Changes,
     ColumnType,
+    LogPage,
     Projection,
+    Recorded,
     Row,
     Table,
     fold_page,
@@ -88,9 +90,22 @@ class SQLiteReadModels:
     async def checkpoints(self) -> dict[str, Checkpoint]:
         return await self._read(_checkpoints)
 
-    async def project(self, targets: Sequence[Target], records: Sequence[RecordedEvent]) -> int:
+    async def read_log(
+        self, store: EventStore, after: int, limit: int, types: Collection[str]
+    ) -> LogPage:
+        # The store's own read: the embedded log is small, and its times are the store's
+        # to parse.
+        records = await store.read_all(after=after, limit=limit)
+        if not records:
+            return LogPage([], None)
+        kept: list[Recorded] = [record for record in records if record.type in types]
+        return LogPage(kept, records[-1].position, len(records))
+
+    async def project(
+        self, targets: Sequence[Target], records: Sequence[Recorded], last: int
+    ) -> int:
         return await self._write(
-            lambda conn: _in_transaction(conn, _project, list(targets), list(records))
+            lambda conn: _in_transaction(conn, _project, list(targets), list(records), last)
         )
 
     async def write(self, work: Sequence[tuple[Target, list[Changes]]], last: int) -> int:
@@ -217,8 +232,9 @@ def _prepare(conn: sqlite3.Connection, projections: list[Projection]) -> dict[st
     return _checkpoints(conn)
 
 
-def _project(conn: sqlite3.Connection, targets: list[Target], records: list[RecordedEvent]) -> int:
-    last = records[-1].position
+def _project(
+    conn: sqlite3.Connection, targets: list[Target], records: list[Recorded], last: int
+) -> int:
     for target in targets:
         name = target.checkpoint
         _check_checkpoint(conn, target)
