@@ -243,6 +243,17 @@ def test_a_row_must_have_exactly_its_tables_columns() -> None:
         rows.put("t", {"id": "a"})
     with pytest.raises(ValueError, match="extra"):
         rows.put("t", {"id": "a", "n": 1, "extra": 2})
+    # As many columns, one of them wrong: refused once the page's changes are taken.
+    rows.put("t", {"id": "a", "m": 1})
+    with pytest.raises(ValueError, match="m, n"):
+        rows.take_changes()
+    live = RowSet([table])
+    live.put("t", {"id": "b", "m": 1})
+    with pytest.raises(ValueError, match="m, n"):
+        list(live.changes())
+    keyless = RowSet([table])
+    with pytest.raises(ValueError, match="id, x"):
+        keyless.put("t", {"x": "a", "n": 1})
 
 
 def test_percentiles_interpolate_like_percentile_cont() -> None:
