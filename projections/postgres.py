@@ -119,7 +119,7 @@ class PostgresReadModels:
         await self.database.transaction(_begin_rebuild, projection)
 
     async def swap(self, projection: Projection) -> Checkpoint:
-        # Indexes and WAL for the rebuilt tables first, outside the swap: readers of the
+        # Secondary indexes of the rebuilt tables first, outside the swap: readers of the
         # live tables wait only for the renames.
         await self.database.transaction(_finish_rebuild, projection)
         return await self.database.transaction(_swap, projection)
@@ -301,11 +301,11 @@ async def _begin_rebuild(conn: Connection, projection: Projection) -> None:
     await conn.execute(_CHECKPOINTS_DDL)
     for table in projection.tables:
         await conn.execute(f"DROP TABLE IF EXISTS {table.name}{REBUILD_SUFFIX}")
-        # Unlogged while it is built (no WAL per row: a crash empties it, and a rebuild
-        # after a crash starts again anyway); logged in one pass before the swap.
-        for statement in create_table_sql(
-            table, POSTGRES_TYPES, REBUILD_SUFFIX, unlogged=True, indexes=False
-        ):
+        # Logged from the start: an unlogged table made logged before the swap is
+        # written twice (rows, then a rewrite with its WAL and key index at the end, when
+        # nothing else overlaps it); measured on a million events, that cost more in all
+        # and ~3 s more of the rebuild's time than WAL for each page as it commits.
+        for statement in create_table_sql(table, POSTGRES_TYPES, REBUILD_SUFFIX, indexes=False):
             await conn.execute(statement)
     await conn.execute(
         f"INSERT INTO {CHECKPOINTS} (name, position, version) VALUES ($1, 0, $2) "
@@ -323,7 +323,6 @@ async def _finish_rebuild(conn: Connection, projection: Projection) -> None:
             raise NoRebuild(f"projection {projection.name} has no rebuild in progress")
         for statement in index_sql(table, REBUILD_SUFFIX):
             await conn.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS"))
-        await conn.execute(f"ALTER TABLE {rebuilt} SET LOGGED")
 
 
 async def _swap(conn: Connection, projection: Projection) -> Checkpoint:

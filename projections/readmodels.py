@@ -165,14 +165,13 @@ def create_table_sql(
     types: Mapping[ColumnType, str],
     suffix: str = "",
     *,
-    unlogged: bool = False,
     indexes: bool = True,
 ) -> list[str]:
     name = table.name + suffix
     body = ", ".join(f"{c.name} {types[c.type]}" for c in table.columns)
     key = ", ".join(table.key)
     statements = [
-        f"CREATE {'UNLOGGED ' if unlogged else ''}TABLE {name} ({body}, "
+        f"CREATE TABLE {name} ({body}, "
         f"CONSTRAINT {primary_key_name(table, suffix)} PRIMARY KEY ({key}))"
     ]
     if indexes:
