@@ -141,16 +141,18 @@ def numbered(sql: str) -> str:
 
 
 def log_page(rows: Sequence[Record]) -> LogPage:
-    """`LogEvent`s from `READ_LOG`'s rows (decoded on the Trio side, connection returned).
-
-    The page's payloads are parsed by one ``json.loads`` of them joined into one array:
-    per call, ``json.loads`` spends as long getting ready as parsing a small object.
-    """
+    """The page `READ_LOG` returned; its `LogEvent`s are made when first asked for."""
     if not rows:
         return LogPage([], None)
+    return LogPage(partial(_log_events, rows), rows[-1][0], len(rows))
+
+
+def _log_events(rows: Sequence[Record]) -> list[Recorded]:
+    """The page's payloads are parsed by one ``json.loads`` of them joined into one array:
+    per call, ``json.loads`` spends as long getting ready as parsing a small object."""
     kept = [row for row in rows if row[3] is not None]
     data = json.loads("[" + ",".join([row[3] for row in kept]) + "]")
-    records: list[Recorded] = list(
+    return list(
         map(
             _log_event,
             zip(
@@ -163,7 +165,6 @@ def log_page(rows: Sequence[Record]) -> LogPage:
             ),
         )
     )
-    return LogPage(records, rows[-1][0], len(rows))
 
 
 #: `LogEvent` from a tuple of its fields, without the Python-level ``__new__`` a named

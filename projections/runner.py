@@ -35,7 +35,7 @@ from events.store import EventStore
 from projections.conversations import CONVERSATIONS_PROJECTION
 from projections.history import HISTORY
 from projections.metrics import METRICS
-from projections.model import Changes, LogPage, Projection, Recorded, RowSet
+from projections.model import Changes, LogPage, Projection, RowSet
 from projections.postgres import is_schema_change
 from projections.readmodels import (
     Checkpoint,
@@ -150,7 +150,7 @@ async def rebuild(
                     if caches is None:
                         await writes_out.send(_Folded(position, page, None, events))
                     else:
-                        work = _fold_aside(projections, caches, position, page.records)
+                        work = _fold_aside(projections, caches, position, page)
                         await writes_out.send(_Folded(position, page, work, events))
                         if sum(len(rows) for rows in caches.values()) > max_cached_rows:
                             caches = None  # writes stay in order: later pages read committed rows
@@ -174,24 +174,26 @@ def _fold_aside(
     projections: Sequence[Projection],
     caches: dict[str, RowSet],
     position: int,
-    records: list[Recorded],
+    page: LogPage,
 ) -> list[tuple[Target, list[Changes]]]:
-    """Fold one page into the rebuild's rows; what to write for each projection."""
-    # The fold allocates a row or two per event and frees nothing cyclic, yet each
-    # allocation burst wakes the cycle collector, which then walks every cached row: more
-    # than the fold itself costs. It is paused for this synchronous stretch only (no other
-    # task runs meanwhile).
+    """Decode one page and fold it into the rebuild's rows; what to write for each
+    projection."""
+    # Decoding and folding allocate a few objects per event and free nothing cyclic, yet
+    # each allocation burst wakes the cycle collector, which then walks the page and
+    # every cached row: more than the fold itself costs. It is paused for this
+    # synchronous stretch only (no other task runs meanwhile).
     collecting = gc.isenabled()
     gc.disable()
     try:
+        records = page.records
         work = []
         for projection in projections:
             rows = caches[projection.name]
-            for rule, subject, record in projection.plan(records):
-                rule.apply(rows, subject, record)
+            projection.fold(rows, records)
             work.append((Target(projection, position, aside=True), rows.take_changes()))
         # Collections triggered while reading and writing the next pages need not walk
-        # the cached rows again either: they live as long as the rebuild.
+        # the cached rows or this page again either: they live as long as the rebuild,
+        # or until the page is written, and are freed by reference counting.
         gc.freeze()
         return work
     finally:
