@@ -195,15 +195,15 @@ class Projection:
     def fold(self, rows: RowSet, records: Iterable[Recorded]) -> None:
         """Fold ``records`` into ``rows`` as `plan` then each rule would, in one pass:
         for a rebuild, whose rows are all at hand and need no plan to be loaded."""
-        rules = self.rules
+        applies = {name: rule.apply for name, rule in self.rules.items()}
         subject_of = self.subject
         for record in records:
-            rule = rules.get(record.type)
-            if rule is None:
+            apply = applies.get(record.type)
+            if apply is None:
                 continue
             subject = subject_of(record)
             if subject is not None:
-                rule.apply(rows, subject, record)
+                apply(rows, subject, record)
 
     def plan(self, records: Iterable[Recorded]) -> list[tuple[Rule, str, Recorded]]:
         """The records this projection folds, each with its rule and subject."""

@@ -35,17 +35,45 @@ STATUS_RANK: Final[Mapping[str, int]] = {
 FAILED_STATUSES: Final = frozenset({"failed", "undelivered", "canceled"})
 
 
+#: Memos of the two questions every read model asks of nearly every event: whose phone
+#: (a phone's events come a dozen to a page) and when (the three read models fold the
+#: same events, so a time is parsed two or three times within a page of ~20,000
+#: events). Plain functions of their text; bounded, emptied when full.
+_PHONES: dict[str, str] = {}
+_PARSED: dict[str, datetime] = {}
+_MEMO_MAX: Final = 65_536
+
+
 def phone_of(record: Recorded) -> str | None:
     """The phone whose conversation this record belongs to (None for other streams)."""
-    category, _, ident = record.stream.partition("-")
-    return ident if category == PHONE_CATEGORY else None
+    stream = record.stream
+    phone = _PHONES.get(stream)
+    if phone is None:
+        category, _, ident = stream.partition("-")
+        phone = ident if category == PHONE_CATEGORY else ""  # a phone is never empty
+        if len(_PHONES) >= _MEMO_MAX:
+            _PHONES.clear()
+        _PHONES[stream] = phone
+    return phone or None
 
 
 def time_of(value: Any) -> datetime | None:
     """An event's ISO 8601 time as an aware UTC datetime (None stays None)."""
     if value is None:
         return None
-    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    if isinstance(value, str):
+        known = _PARSED.get(value)
+        if known is not None:
+            return known
+        parsed = _utc(datetime.fromisoformat(value))
+        if len(_PARSED) >= _MEMO_MAX:
+            _PARSED.clear()
+        _PARSED[value] = parsed
+        return parsed
+    return _utc(value)
+
+
+def _utc(parsed: datetime) -> datetime:
     if parsed.tzinfo is UTC:
         return parsed
     if parsed.tzinfo is None:  # the codec refuses naive times; be safe with old rows
@@ -54,7 +82,10 @@ def time_of(value: Any) -> datetime | None:
 
 
 def hour_of(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
+    # As ``moment.replace(minute=0, second=0, microsecond=0)``, at half its cost.
+    return datetime(
+        moment.year, moment.month, moment.day, moment.hour, 0, 0, 0, moment.tzinfo, fold=moment.fold
+    )
 
 
 def part_id(reply_id: str, part: int) -> str:

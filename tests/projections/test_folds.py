@@ -31,6 +31,7 @@ from projections.history import HISTORY
 from projections.metrics import METRICS
 from projections.model import Projection, RowSet, Table, columns, fold_page
 from projections.queries import percentile
+from projections.rules import hour_of, phone_of, time_of
 from tests.projections.workload import interleaved
 
 ANA = "+15551230001"
@@ -254,6 +255,23 @@ def test_a_row_must_have_exactly_its_tables_columns() -> None:
     keyless = RowSet([table])
     with pytest.raises(ValueError, match="id, x"):
         keyless.put("t", {"x": "a", "n": 1})
+
+
+def test_remembered_phones_and_times_are_the_ones_computed() -> None:
+    def recorded(stream: str) -> RecordedEvent:
+        return RecordedEvent(1, stream, 1, "BatchPolled", {}, {}, uuid.uuid4(), T0)
+
+    for _ in range(2):  # computed, then remembered
+        assert phone_of(recorded("phone-+15550001111")) == "+15550001111"
+        assert phone_of(recorded("batch-btcal_1")) is None
+        assert phone_of(recorded("supervision-phone-+1")) is None
+        moment = time_of("2025-03-01T10:30:15.123456+01:30")
+        assert moment == datetime(2025, 3, 1, 9, 0, 15, 123456, tzinfo=UTC)
+        assert moment is not None
+        assert moment.tzinfo is UTC
+        assert time_of(None) is None
+    assert hour_of(moment) == moment.replace(minute=0, second=0, microsecond=0)
+    assert hour_of(moment).tzinfo is UTC
 
 
 def test_percentiles_interpolate_like_percentile_cont() -> None:
