@@ -1,21 +1,23 @@
 """Keeping read models up to date: follow the log live, catch up, rebuild aside and swap.
 
 Each projection is followed by a task of its own: it reads a page of the log in the store's
-safe order after its checkpoint (``read_all``), folds it, writes the rows and moves the
-checkpoint in one transaction (`ReadModels.project`), and when the log has nothing more
-waits for the next commit (``wait_for_events``: NOTIFY on PostgreSQL). A projection that
-fails (a bug, the database away) is retried with backoff and reported in `statistics`;
-it never stops the others or the service: read models are secondary to the conversations.
+safe order after its checkpoint (`ReadModels.read_log`: only the columns folds use, and
+only the payloads of the event types it folds), folds it, writes the rows and moves the
+checkpoint to the end of the page in one transaction (`ReadModels.project`), and when the
+log has nothing more waits for the next commit (``wait_for_events``: NOTIFY on
+PostgreSQL). A projection that fails (a bug, the database away) is retried with backoff
+and reported in `statistics`; it never stops the others or the service: read models are
+secondary to the conversations.
 
 Several processes may run the same projections on one PostgreSQL: each page's checkpoint
 check makes exactly one of them win it; the others re-read the checkpoint and go on.
 
 A rebuild (`rebuild`, ``aftercall projections rebuild``) folds the whole log into aside
-tables, reading the next page while the last one is written, and swaps them in once it
-has caught up. It runs beside the live followers, in this process or another; a live
-follower that finds its checkpoint moved by the swap simply continues from there. A
-projection whose tables were built by an older version of its rules is rebuilt that way
-when its follower starts.
+tables, one read feeding every projection, reading the next page and folding it while
+the last one is written, and swaps them in once it has caught up. It runs beside the
+live followers, in this process or another; a live follower that finds its checkpoint
+moved by the swap simply continues from there. A projection whose tables were built by
+an older version of its rules is rebuilt that way when its follower starts.
 """
 
 from __future__ import annotations
