@@ -181,7 +181,7 @@ async def run_once(
     result = await _analyse(dsn, conversations, elapsed, sent, received)
     result.cpu_seconds = cpu_used
     if profile and profile_path.exists():
-        result.profile = _top_frames(profile_path)
+        result.profile = _top_frames(profile_path) + f"\n  (raw profile: {profile_path})"
     return result
 
 
