@@ -14,7 +14,7 @@ from projections import sqlite as sqlite_models
 from projections.history import HISTORY
 from projections.metrics import METRICS
 from projections.readmodels import ReadModels
-from projections.runner import ProjectionRunner, projection_status, rebuild
+from projections.runner import ProjectionRunner, folded_types, projection_status, rebuild
 from tests.projections.conftest import snapshot
 from tests.projections.workload import Append, append_all, interleaved
 
@@ -79,6 +79,43 @@ async def test_rebuild_from_zero_equals_the_incrementally_maintained_tables(
     assert await _counters(models) == _expected_counters(appends)
     positions = {name: c.position for name, c in (await models.checkpoints()).items()}
     assert positions == {p: report.position for p in ("history", "conversations", "metrics")}
+
+
+def _fields(record: Any) -> tuple[Any, ...]:
+    at = record.recorded_at
+    return (record.position, record.stream, record.type, record.data, at, at.tzinfo)
+
+
+async def test_the_projections_read_of_the_log_is_the_stores(
+    store: EventStore, models: ReadModels
+) -> None:
+    await append_all(store, _log(12))
+    logged = await store.read_all(after=0, limit=100_000)
+    types = folded_types([HISTORY])  # no AgentAsked, AgentAnswered, ...
+    assert {r.type for r in logged} - types
+    after, pages = 0, 0
+    while True:
+        page = await models.read_log(store, after, 7, types)
+        window = [r for r in logged if r.position > after][:7]
+        if not window:
+            assert (page.last, page.read, page.records) == (None, 0, [])
+            break
+        # The checkpoint goes to the end of the window, whether its last event is kept.
+        assert (page.last, page.read) == (window[-1].position, len(window))
+        kept = [_fields(r) for r in window if r.type in types]
+        assert [_fields(r) for r in page.records] == kept
+        after, pages = page.last, pages + 1
+    assert pages > 10
+    if isinstance(models, pg_models.PostgresReadModels):
+        # Times are read in UTC whatever the session's time zone and date style.
+        async def odd_session(conn: Any) -> Any:
+            await conn.execute("SET LOCAL TIME ZONE 'Asia/Kolkata'")
+            await conn.execute("SET LOCAL DateStyle = 'SQL, DMY'")
+            return await pg_models._read_log(conn, 0, 100_000, sorted(types))
+
+        rows = await models.database.transaction(odd_session)
+        page = pg_models.log_page(rows)
+        assert [_fields(r) for r in page.records] == [_fields(r) for r in logged if r.type in types]
 
 
 class Crash(Exception):
