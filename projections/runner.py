@@ -54,12 +54,15 @@ ALL_PROJECTIONS: Final[tuple[Projection, ...]] = (HISTORY, CONVERSATIONS_PROJECT
 #: statements per million events, small enough that one page commits in well under a second.
 PAGE_SIZE: Final = 5000
 #: A rebuild's pages are larger: it is throughput, not latency, and fewer pages write
-#: each busy row fewer times.
-REBUILD_PAGE_SIZE: Final = 20_000
+#: each busy row fewer times. 50,000 rebuilt a million events ~10% faster than 20,000
+#: (less client CPU outside the fold, fewer collections) for ~100 MB more at its peak.
+REBUILD_PAGE_SIZE: Final = 50_000
 #: Rows a rebuild keeps in memory (roughly a kilobyte each) before it reads them instead:
-#: for ``aftercall projections rebuild``, and for a rebuild the service starts itself.
+#: for ``aftercall projections rebuild``, and for a rebuild the service starts itself,
+#: which also reads smaller pages (modest memory beside the conversations).
 MAX_CACHED_ROWS: Final = 1_500_000
 SERVICE_CACHED_ROWS: Final = 200_000
+SERVICE_REBUILD_PAGE_SIZE: Final = 20_000
 _FIRST_RETRY: Final = 0.1
 
 
@@ -373,7 +376,8 @@ class ProjectionRunner:
                 self.store,
                 self.models,
                 [projection],
-                max_cached_rows=SERVICE_CACHED_ROWS,  # in the service: modest memory
+                page_size=SERVICE_REBUILD_PAGE_SIZE,  # in the service: modest memory
+                max_cached_rows=SERVICE_CACHED_ROWS,
             )
             live = (await self.models.checkpoints())[projection.name]
         self._advance(follower, live.position)
