@@ -951,15 +951,7 @@ async def _write_planned(
     `plan_batch` in one transaction under the log's lock: four round trips, rarely paid."""
     await conn.execute("BEGIN; " + log.lock_sql)
     try:
-        streams = sorted({request.stream for request in batch})
-        ids = [event.event_id for request in batch for event in request.events]
-        versions: dict[str, int] = {}
-        existing: dict[UUID, ExistingEvent] = {}
-        for stream, version, event_id, position in await conn.fetch(_BATCH_STATE_SQL, streams, ids):
-            if event_id is None:
-                versions[stream] = version
-            else:
-                existing[event_id] = ExistingEvent(stream, version, position)
+        versions, existing = await _batch_state(conn, batch)
         plan = plan_batch(batch, versions, existing)
         if not plan.rows:
             await conn.execute("ROLLBACK")
@@ -993,6 +985,22 @@ async def _write_planned(
     return _BatchOutcome(batch_answers(batch, plan, positions))
 
 
+async def _batch_state(
+    conn: Any, batch: Sequence[AppendRequest]
+) -> tuple[dict[str, int], dict[UUID, ExistingEvent]]:
+    """The committed version of each of the batch's streams, and its already-recorded ids."""
+    streams = sorted({request.stream for request in batch})
+    ids = [event.event_id for request in batch for event in request.events]
+    versions: dict[str, int] = {}
+    existing: dict[UUID, ExistingEvent] = {}
+    for stream, version, event_id, position in await conn.fetch(_BATCH_STATE_SQL, streams, ids):
+        if event_id is None:
+            versions[stream] = version
+        else:
+            existing[event_id] = ExistingEvent(stream, version, position)
+    return versions, existing
+
+
 async def _resolve_committed(
     conn: Any, batch: Sequence[AppendRequest], first: int, last: int
 ) -> _BatchOutcome:
@@ -1003,15 +1011,7 @@ async def _resolve_committed(
     ``duplicate=False``, as it would have. The others were decided without writing, and
     are decided again against the log as it is now: duplicate, partial or conflict.
     """
-    streams = sorted({request.stream for request in batch})
-    ids = [event.event_id for request in batch for event in request.events]
-    versions: dict[str, int] = {}
-    existing: dict[UUID, ExistingEvent] = {}
-    for stream, version, event_id, position in await conn.fetch(_BATCH_STATE_SQL, streams, ids):
-        if event_id is None:
-            versions[stream] = version
-        else:
-            existing[event_id] = ExistingEvent(stream, version, position)
+    versions, existing = await _batch_state(conn, batch)
     claimed: set[UUID] = set()
     answers: list[Answer] = []
     for request in batch:
