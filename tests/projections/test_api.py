@@ -22,6 +22,8 @@ async def test_conversation_history_and_metrics_over_http(store: EventStore) -> 
         await ac.wait_for(of_type("ReplySent", ANA))
         await ac.twilio.user_says(ANA, "Hello! What did we discuss?")
         await ac.wait_for(of_type("ReplySent", ANA), count=2)
+        # The first message's failure arrives later, in a status callback of its own.
+        await ac.wait_for(of_type("DeliveryStatusChanged", ANA, status="failed"))
         runner = ac.system.projections
         assert runner is not None
         with trio.fail_after(10):
