@@ -5,9 +5,14 @@ safe order after its checkpoint (`ReadModels.read_log`: only the columns folds u
 only the payloads of the event types it folds), folds it, writes the rows and moves the
 checkpoint to the end of the page in one transaction (`ReadModels.project`), and when the
 log has nothing more waits for the next commit (``wait_for_events``: NOTIFY on
-PostgreSQL). A projection that fails (a bug, the database away) is retried with backoff
-and reported in `statistics`; it never stops the others or the service: read models are
-secondary to the conversations.
+PostgreSQL), then lets commits gather for ``live_interval`` before it reads again. A page
+costs the same handful of statements whether it holds one event or five hundred, and the
+service commits several times per message: without the pause the read models cost the
+serving process a fifth of its CPU under load, for freshness nobody can see.
+
+A projection that fails (a bug, the database away) is retried with backoff and reported
+in `statistics`; it never stops the others or the service: read models are secondary to
+the conversations.
 
 Several processes may run the same projections on one PostgreSQL: each page's checkpoint
 check makes exactly one of them win it; the others re-read the checkpoint and go on.
@@ -64,6 +69,10 @@ MAX_CACHED_ROWS: Final = 1_500_000
 SERVICE_CACHED_ROWS: Final = 200_000
 SERVICE_REBUILD_PAGE_SIZE: Final = 20_000
 _FIRST_RETRY: Final = 0.1
+#: How long a caught-up follower lets new commits gather before it reads them: read
+#: models are at most this much (plus a page's work) behind the log, and under load each
+#: follower writes at most 1 / LIVE_INTERVAL pages per second.
+LIVE_INTERVAL: Final = 0.1
 
 
 class UnknownProjection(ValueError):
@@ -291,6 +300,7 @@ class ProjectionRunner:
     projections: tuple[Projection, ...] = ALL_PROJECTIONS
     page_size: int = PAGE_SIZE
     max_retry_delay: float = 5.0
+    live_interval: float = LIVE_INTERVAL
     _followers: dict[str, _Follower] = attrs.field(init=False)
     _advanced: trio.Event = attrs.field(factory=trio.Event)
 
@@ -339,13 +349,14 @@ class ProjectionRunner:
             try:
                 if follower.position is None:
                     await self._prepare(follower)
-                progressed = await self._step(follower)
+                more = await self._step(follower)
                 follower.last_error = None
                 delay = _FIRST_RETRY
                 retried_at_once = False
-                if not progressed:
+                if not more:
                     assert follower.position is not None
                     await self.store.wait_for_events(follower.position)
+                    await trio.sleep(self.live_interval)
             except Exception as exc:
                 follower.position = None  # re-read the checkpoint before the next page
                 if is_schema_change(exc) and not retried_at_once:
@@ -383,7 +394,8 @@ class ProjectionRunner:
         self._advance(follower, live.position)
 
     async def _step(self, follower: _Follower) -> bool:
-        """Project one page; False when the log has nothing past the checkpoint."""
+        """Project one page; False when it reached the end of the log as it was read (a page
+        short of ``page_size``, or none), True when more may follow at once."""
         assert follower.position is not None
         page = await self.models.read_log(
             self.store, follower.position, self.page_size, follower.types
@@ -400,12 +412,12 @@ class ProjectionRunner:
                 follower.position = None
                 await self._prepare(follower)
                 return True
-            position = exc.actual
-        else:
-            follower.pages += 1
-            follower.events += page.read
+            self._advance(follower, exc.actual)
+            return True  # another runner wrote this page: read on from where it got
+        follower.pages += 1
+        follower.events += page.read
         self._advance(follower, position)
-        return True
+        return page.read >= self.page_size
 
     def _advance(self, follower: _Follower, position: int) -> None:
         follower.position = position
