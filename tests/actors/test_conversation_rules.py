@@ -25,6 +25,7 @@ from events.conversation import (
     MediaItem,
     MessageReceived,
     ReplyFailed,
+    ReplyKind,
     ReplyRequested,
     ReplySent,
     Template,
@@ -58,8 +59,24 @@ def fold(*events: object) -> ConversationState:
     return state
 
 
-def reply(rid: str, kind: str = "agent", parts: tuple[str, ...] = ("ok",), **kw: object):
-    return ReplyRequested(rid, kind, parts, T0, **kw)  # type: ignore[arg-type]
+def reply(
+    rid: str,
+    kind: ReplyKind = "agent",
+    parts: tuple[str, ...] = ("ok",),
+    *,
+    in_reply_to: tuple[str, ...] = (),
+    turn_id: str | None = None,
+    call_conversation_id: str | None = None,
+) -> ReplyRequested:
+    return ReplyRequested(
+        rid,
+        kind,
+        parts,
+        T0,
+        in_reply_to=in_reply_to,
+        turn_id=turn_id,
+        call_conversation_id=call_conversation_id,
+    )
 
 
 def test_nothing_to_do_without_a_call_or_message() -> None:

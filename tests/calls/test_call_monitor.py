@@ -140,7 +140,7 @@ async def test_voicemail_failed_and_cancelled_recipients_are_recorded_as_such(
         el.cancel_batch(batch_id)  # the fifth is never called
         await el.advance(120)
         [finished] = await ac.wait_for(of_type("BatchFinished"))
-    assert finished.data | {"finished_at": None} == {
+    assert {**finished.data, "finished_at": None} == {
         "batch_id": batch_id,
         "status": "cancelled",
         "retry_count": 0,

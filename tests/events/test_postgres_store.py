@@ -13,6 +13,7 @@ import logging
 import socket
 import traceback
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -21,6 +22,7 @@ import trio
 
 import events.postgres as pg
 from events._group_commit import AppendRequest
+from events.migrations import POSTGRES_MIGRATIONS
 from events.postgres import (
     Connection,
     Database,
@@ -181,7 +183,7 @@ async def test_two_stores_opening_on_a_fresh_schema_take_turns_migrating(
     assert sorted(versions)[-1] == 2
     async with open_database(pg_dsn, schema=pg_schema, pool_size=1) as database:
         rows = await database.fetch("SELECT version FROM schema_migrations")
-    assert [r["version"] for r in rows] == [m.version for m in pg.POSTGRES_MIGRATIONS]
+    assert [r["version"] for r in rows] == [m.version for m in POSTGRES_MIGRATIONS]
 
 
 @attrs.define
@@ -392,7 +394,7 @@ async def test_what_jsonb_refuses_fails_its_own_append_alone(pg_store: PostgresE
     """NUL and lone surrogates are valid JSON but not jsonb: refused before the batch."""
     outcomes: dict[str, object] = {}
 
-    async def append(name: str, data: dict[str, object]) -> None:
+    async def append(name: str, data: Mapping[str, object]) -> None:
         try:
             outcomes[name] = await pg_store.append(f"counter-{name}", [NewEvent("T", data)])
         except InvalidEvent as exc:

@@ -270,6 +270,7 @@ def test_remembered_phones_and_times_are_the_ones_computed() -> None:
         assert moment is not None
         assert moment.tzinfo is UTC
         assert time_of(None) is None
+    assert moment is not None
     assert hour_of(moment) == moment.replace(minute=0, second=0, microsecond=0)
     assert hour_of(moment).tzinfo is UTC
 

@@ -102,6 +102,7 @@ async def test_the_projections_read_of_the_log_is_the_stores(
             break
         # The checkpoint goes to the end of the window, whether its last event is kept.
         assert (page.last, page.read) == (window[-1].position, len(window))
+        assert page.last is not None
         kept = [_fields(r) for r in window if r.type in types]
         assert [_fields(r) for r in page.records] == kept
         after, pages = page.last, pages + 1

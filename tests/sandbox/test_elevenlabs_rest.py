@@ -54,7 +54,9 @@ async def webhook_receiver(statuses: list[int] | None = None) -> AsyncIterator[W
 
     @app.post("/hook")
     async def hook() -> Response:
-        receiver.received.append((dict(request.headers), await request.get_data(as_text=True)))
+        body = await request.get_data(as_text=True)
+        assert isinstance(body, str)  # quart's str overload needs all three arguments spelled out
+        receiver.received.append((dict(request.headers), body))
         return Response("", status=receiver.statuses.pop(0) if receiver.statuses else 200)
 
     async with serve_asgi(app) as base_url:
