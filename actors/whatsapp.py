@@ -35,6 +35,7 @@ import attrs
 import httpx
 import trio
 
+from actors.http1 import Http1Transport
 from actors.whatsapp_rules import (
     BODY_LIMIT,
     EmptyMessage,
@@ -72,6 +73,7 @@ __all__ = [
     "WhatsAppSender",
     "normalise_phone",
     "split_message",
+    "twilio_http_client",
 ]
 
 logger = logging.getLogger(__name__)
@@ -647,6 +649,12 @@ class WhatsAppSender:
     def _redact(self, text: str) -> str:
         """Belt and braces: an answer that echoes the token must not carry it further."""
         return text.replace(self._config.auth_token, "[redacted]")
+
+
+def twilio_http_client() -> httpx.AsyncClient:
+    """The HTTP client `WhatsAppSender` is made for: the lean HTTP/1.1 transport
+    (`actors.http1`), and per-request timeouts set by the sender (``request_timeout``)."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0), transport=Http1Transport())
 
 
 def _describe(exc: Exception) -> str:

@@ -28,7 +28,7 @@ from actors.conversation import ConversationState, apply, next_step
 from actors.elevenlabs_api import ElevenLabsAPI
 from actors.phone import PhoneDependencies, PhoneSettings, Wake, phone_actor_factory
 from actors.runtime import ActorSettings, ActorSystem, open_actor_system
-from actors.whatsapp import TwilioConfig, WhatsAppSender
+from actors.whatsapp import TwilioConfig, WhatsAppSender, twilio_http_client
 from aftercall.settings import Settings, is_sandbox, load_settings
 from events.codec import UnknownEventType, decode
 from events.open import open_store
@@ -134,15 +134,9 @@ async def open_system(
             whatsapp_from=settings.twilio_whatsapp_from,
             status_callback_url=settings.status_callback_url,
         )
-        # Twilio gets its own pool, as large as the sender's concurrency: httpcore scans
-        # every pooled connection for every request, so idle spares cost CPU.
-        slots = twilio_config.max_concurrent_requests
-        twilio_http = await stack.enter_async_context(
-            httpx.AsyncClient(
-                timeout=httpx.Timeout(15.0, connect=5.0),
-                limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
-            )
-        )
+        # Twilio gets a client of its own on the lean HTTP/1.1 transport: one request per
+        # reply part, and httpcore's pool cost more CPU than anything else on that path.
+        twilio_http = await stack.enter_async_context(twilio_http_client())
         sender = WhatsAppSender(
             twilio_http,
             twilio_config,

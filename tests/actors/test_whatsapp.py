@@ -35,6 +35,7 @@ from actors.whatsapp import (
     TwilioUnavailable,
     WhatsAppSender,
     split_message,
+    twilio_http_client,
 )
 from actors.whatsapp_rules import ReplyPlan, plan_reply
 from events.conversation import Template
@@ -185,7 +186,7 @@ async def world() -> AsyncIterator[World]:
     async with (
         serve_receiver() as receiver,
         serve_twilio(standin) as twilio,
-        httpx.AsyncClient() as http,
+        twilio_http_client() as http,  # the client the service gives its sender
     ):
         twilio.webhook_url = receiver.url("/inbound")
         yield World(twilio, receiver, http, api)
