@@ -198,3 +198,110 @@ POSTGRES_MIGRATIONS += (
         ),
     ),
 )
+
+
+#: Migration 3's ``append_batch``: the same contract, a third less server time per batch
+#: (measured: 100 single-event requests, 4.2-4.5 ms -> 2.6-2.9 ms a call).
+#:
+#: - A request's expected version is checked by one equality probe, that (stream, E)
+#:   exists, instead of reading each stream's last version: versions are dense (every
+#:   writer appends after the last one), so with the insert of E + 1 not colliding that
+#:   proves the stream is at E. Only requests that expect nothing read the last version.
+#: - Event ids already in the log, or given twice, and a stream that moved on since its
+#:   request's expected version, all collide with a unique index: the insert runs in a
+#:   block that answers ``replan`` on that collision instead of probing every id first.
+#: - A stream that appears twice in one batch is left to `plan_batch` (``replan``).
+#: - The answer is the batch's positions, in request order, and each request's starting
+#:   version: the client works out each request's result (its last version and
+#:   position) instead of the server joining the inserted rows back to their requests.
+#:
+#: Arguments as migration 2's, without ``r_counts``. One row: ``ok`` with ``starts`` and
+#: ``positions``; ``replan``; or ``committed`` with the positions a lost call wrote
+#: (``first_pos``..``last_pos``), and nothing written.
+_APPEND_BATCH_V3 = """
+CREATE FUNCTION append_batch(
+    lock_a integer, lock_b integer, channel text,
+    writer_id uuid, token uuid, previous uuid[],
+    r_streams text[], r_expected integer[],
+    e_requests integer[], e_places integer[], e_types text[], e_data jsonb[],
+    e_meta jsonb[], e_ids uuid[],
+    commit_delay double precision DEFAULT 0
+) RETURNS TABLE (kind text, starts integer[], positions bigint[], first_pos bigint,
+                 last_pos bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    prior record;
+    v_starts integer[];
+    clean boolean;
+    v_positions bigint[];
+BEGIN
+    PERFORM pg_advisory_xact_lock(lock_a, lock_b);
+    IF cardinality(previous) > 0 THEN
+        SELECT w.token, w.first_position, w.last_position INTO prior
+          FROM event_writers w WHERE w.writer_id = append_batch.writer_id;
+        IF FOUND AND prior.token = ANY(previous) THEN
+            RETURN QUERY SELECT 'committed'::text, NULL::integer[], NULL::bigint[],
+                                prior.first_position, prior.last_position;
+            RETURN;
+        END IF;
+    END IF;
+
+    SELECT array_agg(coalesce(u.expected,
+                              (SELECT max(e.version) FROM events e WHERE e.stream = u.stream),
+                              0) ORDER BY u.r),
+           bool_and(u.expected IS NULL OR u.expected = 0
+                    OR EXISTS (SELECT 1 FROM events e
+                                WHERE e.stream = u.stream AND e.version = u.expected))
+      INTO v_starts, clean
+      FROM unnest(r_streams, r_expected) WITH ORDINALITY AS u(stream, expected, r);
+    IF NOT clean OR cardinality(r_streams) <> (SELECT count(DISTINCT s)
+                                                 FROM unnest(r_streams) AS s) THEN
+        RETURN QUERY SELECT 'replan'::text, NULL::integer[], NULL::bigint[], NULL::bigint,
+                            NULL::bigint;
+        RETURN;
+    END IF;
+
+    BEGIN
+        -- Positions are taken in the order rows are inserted: ascending = request order.
+        WITH inserted AS (
+            INSERT INTO events (stream, category, version, type, data, metadata, event_id)
+            SELECT r_streams[w.r], split_part(r_streams[w.r], '-', 1), v_starts[w.r] + w.place,
+                   w.type, w.data, w.meta, w.event_id
+              FROM unnest(e_requests, e_places, e_types, e_data, e_meta, e_ids)
+                   WITH ORDINALITY AS w(r, place, type, data, meta, event_id, ord)
+             ORDER BY w.ord
+            RETURNING events.position
+        )
+        SELECT array_agg(i.position ORDER BY i.position) INTO v_positions FROM inserted i;
+    EXCEPTION WHEN unique_violation THEN
+        RETURN QUERY SELECT 'replan'::text, NULL::integer[], NULL::bigint[], NULL::bigint,
+                            NULL::bigint;
+        RETURN;
+    END;
+
+    INSERT INTO event_writers AS w (writer_id, token, first_position, last_position)
+    VALUES (writer_id, token, v_positions[1], v_positions[cardinality(v_positions)])
+    ON CONFLICT ON CONSTRAINT event_writers_pkey DO UPDATE
+       SET token = excluded.token, first_position = excluded.first_position,
+           last_position = excluded.last_position;
+    PERFORM pg_notify(channel, v_positions[cardinality(v_positions)]::text);
+    IF commit_delay > 0 THEN
+        PERFORM pg_sleep(commit_delay);
+    END IF;
+    RETURN QUERY SELECT 'ok'::text, v_starts, v_positions, NULL::bigint, NULL::bigint;
+END
+$fn$
+"""
+
+POSTGRES_MIGRATIONS += (
+    Migration(
+        3,
+        "leaner batch append",
+        (
+            "DROP FUNCTION append_batch(integer, integer, text, uuid, uuid, uuid[], text[], "
+            "integer[], integer[], integer[], integer[], text[], jsonb[], jsonb[], uuid[], "
+            "double precision)",
+            _APPEND_BATCH_V3,
+        ),
+    ),
+)

@@ -735,8 +735,9 @@ class EventLog:
 # One index probe per stream and per event id, whatever the planner thinks of the table's
 # size: ``event_id = ANY($2)`` was planned as a sequential scan of the whole log, and the
 # LIMIT keeps the lateral subquery from being flattened into a join that could be too.
-# ``append_batch`` (events.migrations) reads the same state with the same two probes;
-# this form resolves a batch whose answer was lost.
+# The planned path (`_write_planned`) and the resolution of a batch whose answer was lost
+# read it; ``append_batch`` (events.migrations) needs less, and lets unique indexes say
+# what it did not read.
 _BATCH_STATE_SQL = """
 SELECT s.stream, coalesce(v.version, 0) AS version, NULL::uuid AS event_id,
        NULL::bigint AS position
@@ -753,10 +754,10 @@ SELECT e.stream, e.version, e.event_id, e.position
 
 #: One call, autocommit: the whole batch in one round trip (`events.migrations`).
 _APPEND_BATCH_CALL = """
-SELECT kind, version, pos, last_pos
-  FROM append_batch($1, $2, $3, $4, $5, $6::uuid[], $7::text[], $8::int[], $9::int[],
-                    $10::int[], $11::int[], $12::text[], $13::jsonb[], $14::jsonb[],
-                    $15::uuid[], $16)
+SELECT kind, starts, positions, first_pos, last_pos
+  FROM append_batch($1, $2, $3, $4, $5, $6::uuid[], $7::text[], $8::int[],
+                    $9::int[], $10::int[], $11::text[], $12::jsonb[], $13::jsonb[],
+                    $14::uuid[], $15)
 """
 
 # The batch ``append_batch`` leaves to `plan_batch`: rows fed in batch order, so positions
@@ -872,7 +873,6 @@ async def write_batch_sql(
                 await conn.fetchval(_END_BACKEND_SQL, *earlier.backend)
         streams: list[str] = []
         expected: list[int | None] = []
-        counts: list[int] = []
         requests: list[int] = []
         places: list[int] = []
         types: list[str] = []
@@ -882,7 +882,6 @@ async def write_batch_sql(
         for number, request in enumerate(batch, 1):
             streams.append(request.stream)
             expected.append(request.expected_version)
-            counts.append(len(request.events))
             for place, (event, (payload, meta)) in enumerate(
                 zip(request.events, request.payloads, strict=True), 1
             ):
@@ -904,7 +903,6 @@ async def write_batch_sql(
             [earlier.token for earlier in lost],
             streams,
             expected,
-            counts,
             requests,
             places,
             types,
@@ -913,17 +911,20 @@ async def write_batch_sql(
             ids,
             commit_delay,
         )
-        if rows[0][0] == "committed":
-            return await _resolve_committed(conn, batch, rows[0][2], rows[0][3])
-        if rows[0][0] == "replan":
+        [(kind, starts, positions, first, last)] = rows
+        if kind == "committed":
+            return await _resolve_committed(conn, batch, first, last)
+        if kind == "replan":
             return await _write_planned(conn, writer, log, batch, attempt, commit_delay)
+        if kind != "ok":
+            raise StoreUnavailable(f"append_batch answered {kind!r}")
     except BaseException as exc:
         # Cancelled mid-call or connection lost: the server rolls back what was not
         # committed when it notices the connection has gone (and `lost` makes sure).
         if not isinstance(exc, Exception) or is_connection_error(exc):
             writer.drop()
         raise
-    return _BatchOutcome([_answer(request, row) for request, row in zip(batch, rows, strict=True)])
+    return _BatchOutcome(_answers(batch, starts, positions))
 
 
 # pid and start time together: a pid alone may since have been given to another process.
@@ -933,10 +934,20 @@ _END_BACKEND_SQL = (
 )
 
 
-def _answer(request: AppendRequest, row: Record) -> Answer:
-    if row[0] != "ok":
-        raise StoreUnavailable(f"append_batch answered {row[0]!r} for {request.stream!r}")
-    return AppendResult(version=row[1], position=row[2])
+def _answers(
+    batch: Sequence[AppendRequest], starts: Sequence[int], positions: Sequence[int]
+) -> list[Answer]:
+    """Each request's result from a written batch: the stream's version before it plus its
+    events, and the position of its last event (``positions`` run in request order)."""
+    answers: list[Answer] = []
+    end = 0
+    for request, start in zip(batch, starts, strict=True):
+        count = len(request.events)
+        end += count
+        answers.append(AppendResult(version=start + count, position=positions[end - 1]))
+    if end != len(positions):
+        raise StoreUnavailable(f"append_batch wrote {len(positions)} events of {end}")
+    return answers
 
 
 async def _write_planned(

@@ -50,6 +50,38 @@ async def test_expected_version_conflict_is_typed_and_writes_nothing(store: Even
     assert result.version == 2
 
 
+async def test_an_expected_version_ahead_or_behind_the_stream_is_a_conflict(
+    store: EventStore,
+) -> None:
+    """Ahead would leave a gap in the stream's versions, behind would overwrite history."""
+    await store.append("counter-a", [ev(1), ev(2)], expected_version=NO_STREAM)
+    for expected in (3, 5, 1):
+        with pytest.raises(WrongExpectedVersion) as info:
+            await store.append("counter-a", [ev(9)], expected_version=expected)
+        assert (info.value.expected, info.value.actual) == (expected, 2)
+    assert await store.stream_version("counter-a") == 2
+    assert [e.data["n"] for e in await store.read_stream("counter-a")] == [1, 2]
+
+
+async def test_one_stream_twice_in_a_batch_chains_its_versions(store: EventStore) -> None:
+    """Requests for one stream in one group-commit batch follow each other (in whatever
+    order the tasks ran), each with a version of its own."""
+    await store.append("counter-a", [ev(1)])
+    versions: dict[int, int] = {}
+
+    async def append(n: int) -> None:
+        versions[n] = (await store.append("counter-a", [ev(n)])).version
+
+    async with trio.open_nursery() as nursery:  # both land in one batch
+        nursery.start_soon(append, 2)
+        nursery.start_soon(append, 3)
+    assert sorted(versions.values()) == [2, 3]
+    recorded = await store.read_stream("counter-a")
+    assert [(e.version, e.data["n"]) for e in recorded[1:]] == sorted(
+        (version, n) for n, version in versions.items()
+    )
+
+
 async def test_any_version_appends_whatever_the_version(store: EventStore) -> None:
     await store.append("counter-a", [ev(1)], expected_version=ANY_VERSION)
     result = await store.append("counter-a", [ev(2)])
