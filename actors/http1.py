@@ -25,8 +25,7 @@ Http1Transport())``: the client still does auth, headers, timeouts and URL build
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import Final
 
 import attrs
@@ -38,7 +37,7 @@ import trio
 #: keep-alive connections after a few seconds, and a request on one they are closing fails
 #: after it was sent, an ambiguous outcome the sender must then reconcile. httpcore's value.
 KEEPALIVE_EXPIRY: Final = 5.0
-#: Idle connections kept per origin; more are closed when returned.
+#: Idle connections kept per origin by default; more are closed when returned.
 MAX_IDLE_PER_ORIGIN: Final = 20
 _READ_SIZE: Final = 65536
 
@@ -68,6 +67,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
     """httpx transport over Trio sockets; see the module docstring for what it leaves out."""
 
     ssl_context: ssl.SSLContext | None = None
+    #: Idle connections kept per origin: as many as requests run at once, or connections
+    #: are opened and closed again under load.
+    max_idle_per_origin: int = MAX_IDLE_PER_ORIGIN
     _idle: dict[Origin, list[_Connection]] = attrs.field(factory=dict, init=False)
     _closed: bool = attrs.field(default=False, init=False)
 
@@ -96,7 +98,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             connection.h11.start_next_cycle()
             connection.idle_since = trio.current_time()
             idle = self._idle.setdefault(origin, [])
-            if len(idle) < MAX_IDLE_PER_ORIGIN:
+            if len(idle) < self.max_idle_per_origin:
                 idle.append(connection)
                 return response
         connection.discard()
@@ -207,20 +209,43 @@ class Http1Transport(httpx.AsyncBaseTransport):
             return event
 
 
-@contextmanager
-def _mapped(
-    error: type[httpx.TransportError],
-    timeout_error: type[httpx.TimeoutException],
-    seconds: float | None,
-) -> Iterator[None]:
-    """Run the block within ``seconds``; socket and TLS failures become httpx's ``error``."""
-    try:
-        with trio.fail_after(seconds if seconds is not None else float("inf")):
-            yield
-    except trio.TooSlowError as exc:
-        raise timeout_error(f"no progress within {seconds:g} s") from exc
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise error(str(exc) or type(exc).__name__) from exc
+class _mapped:
+    """Run the block within ``seconds``; socket and TLS failures become httpx's ``error``.
+
+    A class rather than ``@contextmanager`` (and a bare `trio.CancelScope` rather than
+    `trio.fail_after`, itself a generator): it wraps every read and write of every
+    request, and generator-based context managers cost several times as much.
+    """
+
+    __slots__ = ("_error", "_scope", "_seconds", "_timeout_error")
+
+    def __init__(
+        self,
+        error: type[httpx.TransportError],
+        timeout_error: type[httpx.TimeoutException],
+        seconds: float | None,
+    ) -> None:
+        self._error = error
+        self._timeout_error = timeout_error
+        self._seconds = seconds
+        self._scope: trio.CancelScope | None = None
+
+    def __enter__(self) -> None:
+        if self._seconds is not None:
+            self._scope = trio.CancelScope(deadline=trio.current_time() + self._seconds)
+            self._scope.__enter__()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        scope = self._scope
+        if scope is not None:
+            self._scope = None
+            scope.__exit__(kind, exc, tb)
+            if scope.cancelled_caught:  # our deadline passed: the Cancelled was ours
+                raise self._timeout_error(f"no progress within {self._seconds:g} s")
+        if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+            raise self._error(str(exc) or type(exc).__name__) from exc
 
 
 def _default_port(scheme: str) -> int:
