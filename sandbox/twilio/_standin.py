@@ -17,6 +17,7 @@ import attrs
 import httpx
 import trio
 
+from actors.http1 import Http1Transport
 from sandbox._http import serve_asgi
 from sandbox.twilio._clock import SandboxClock
 from sandbox.twilio._faults import ASGIApp, Fault, FaultPlan, faulting
@@ -415,11 +416,16 @@ async def serve_twilio(
     server, then cancels whatever callbacks were still waiting.
     """
     standin = standin if standin is not None else TwilioStandIn()
-    # As many connections as requests in flight: httpx's pool scans every connection for
-    # every queued request, so a queue longer than the pool costs time squared.
-    slots = standin.webhook_concurrency
-    limits = httpx.Limits(max_connections=slots, max_keepalive_connections=slots)
-    async with httpx.AsyncClient(limits=limits) as http, trio.open_nursery() as nursery:
+    # Webhooks go out through aftercall's lean HTTP/1.1 transport, as its Twilio requests
+    # do: httpx's default pool scans every pooled connection for every request, which made
+    # this client the costliest part of the stand-in under load. ``webhook_concurrency``
+    # bounds the requests (and so the connections) in flight.
+    async with (
+        httpx.AsyncClient(
+            transport=Http1Transport(max_idle_per_origin=standin.webhook_concurrency)
+        ) as http,
+        trio.open_nursery() as nursery,
+    ):
         standin._http, standin._nursery = http, nursery
         try:
             async with serve_asgi(standin.app, host, port) as url:
