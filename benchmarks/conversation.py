@@ -27,11 +27,12 @@ With ``--think``, users wait a random 0.5-1.5x the think time, and start spread 
 think time: with one fixed pause they would move in lockstep, and every conversation's
 message would arrive in the same instant, a burst no real set of people produces.
 
-The Twilio stand-in delivers the users' webhooks over ``--webhook-connections`` (8)
-connections, as wrk does over its own: httpx's pool scans every connection for every
-request, and 64 of them cost this process, which shares the machine's two cores with
-aftercall and PostgreSQL, a third more CPU per message (measured: 4.7 against 3.3 ms).
-The CPU table says what each process spent per answered message.
+The Twilio stand-in delivers the users' webhooks over at most ``--webhook-connections``
+(64) connections at once, through the same lean HTTP/1.1 transport aftercall uses for
+Twilio (`actors.http1`). With httpx's default pool, which scans every pooled connection
+for every request, this process spent a third more CPU per message at 64 connections than
+at 8, and at 8 the users queued for a connection. The CPU table says what each process
+spent per answered message: all three share the machine's cores.
 
 The baseline printed beside it is the machine's ceiling for the webhook alone
 (../shared/notes/stack.md: a bare signed-webhook handler under Hypercorn tops out near
@@ -352,7 +353,7 @@ def main() -> None:
     parser.add_argument(
         "--webhook-connections",
         type=int,
-        default=8,
+        default=64,
         help="webhooks the Twilio stand-in has in flight at once (its connections to aftercall)",
     )
     args = parser.parse_args()
