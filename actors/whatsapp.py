@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import random as random_module
 import re
+from base64 import b64encode
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,6 @@ import attrs
 import httpx
 import trio
 
-from actors.http1 import Http1Transport
 from actors.whatsapp_rules import (
     BODY_LIMIT,
     EmptyMessage,
@@ -73,7 +73,6 @@ __all__ = [
     "WhatsAppSender",
     "normalise_phone",
     "split_message",
-    "twilio_http_client",
 ]
 
 logger = logging.getLogger(__name__)
@@ -269,21 +268,29 @@ class WhatsAppSender:
     """Send WhatsApp messages through Twilio, look them up, and count what happened.
 
     One sender is shared by every phone actor of a process; it holds no per-phone state
-    beyond the SIDs it created recently. The ``http`` client belongs to the caller (its
+    beyond the SIDs it created recently. The ``transport`` belongs to the caller (its
     lifetime is the composition root's), and ``random`` makes the jitter reproducible.
+
+    Requests go to the httpx transport directly, not through an ``httpx.AsyncClient``:
+    the client's layers (URL and header merging, the auth flow, redirects, a cookie jar
+    fed from every response) cost more CPU per message than the HTTP exchange itself, and
+    the sender needs none of them: one fixed Authorization header, no redirects, no
+    cookies. Timeouts travel with each request, as the client would put them there.
     """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         config: TwilioConfig,
         *,
         random: random_module.Random | None = None,
     ) -> None:
-        self._http = http
+        self._transport = transport
         self._config = config
         self._random = random if random is not None else random_module.Random()
-        self._auth = httpx.BasicAuth(config.account_sid, config.auth_token)
+        credentials = f"{config.account_sid}:{config.auth_token}".encode()
+        self._headers = {**_HEADERS, "Authorization": "Basic " + b64encode(credentials).decode()}
+        self._timeout = httpx.Timeout(config.request_timeout).as_dict()
         self._in_flight = trio.CapacityLimiter(config.max_concurrent_requests)
         self._own_order: deque[str] = deque()
         self._own: set[str] = set()
@@ -590,18 +597,14 @@ class WhatsAppSender:
         # and an unsent request were not.
         may_have_acted = method != "GET"
         self._requests += 1
+        request = httpx.Request(
+            method, url, data=data, params=params, headers=self._headers,
+            extensions={"timeout": self._timeout},
+        )  # fmt: skip
         try:
             async with self._in_flight:
-                response = await self._http.request(
-                    method,
-                    url,
-                    data=data,
-                    params=params,
-                    auth=self._auth,
-                    headers=_HEADERS,
-                    timeout=self._config.request_timeout,
-                    follow_redirects=False,
-                )
+                response = await self._transport.handle_async_request(request)
+                await response.aread()
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _Retry(f"cannot connect ({_describe(exc)})", ambiguous=False) from exc
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError) as exc:
@@ -649,12 +652,6 @@ class WhatsAppSender:
     def _redact(self, text: str) -> str:
         """Belt and braces: an answer that echoes the token must not carry it further."""
         return text.replace(self._config.auth_token, "[redacted]")
-
-
-def twilio_http_client() -> httpx.AsyncClient:
-    """The HTTP client `WhatsAppSender` is made for: the lean HTTP/1.1 transport
-    (`actors.http1`), and per-request timeouts set by the sender (``request_timeout``)."""
-    return httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0), transport=Http1Transport())
 
 
 def _describe(exc: Exception) -> str:

@@ -26,9 +26,10 @@ import trio
 from actors.call_monitor import CallMonitorHandle, MonitorSettings, open_call_monitor
 from actors.conversation import ConversationState, apply, next_step
 from actors.elevenlabs_api import ElevenLabsAPI
+from actors.http1 import Http1Transport
 from actors.phone import PhoneDependencies, PhoneSettings, Wake, phone_actor_factory
 from actors.runtime import ActorSettings, ActorSystem, open_actor_system
-from actors.whatsapp import TwilioConfig, WhatsAppSender, twilio_http_client
+from actors.whatsapp import TwilioConfig, WhatsAppSender
 from aftercall.settings import Settings, is_sandbox, load_settings
 from events.codec import UnknownEventType, decode
 from events.open import open_store
@@ -134,11 +135,11 @@ async def open_system(
             whatsapp_from=settings.twilio_whatsapp_from,
             status_callback_url=settings.status_callback_url,
         )
-        # Twilio gets a client of its own on the lean HTTP/1.1 transport: one request per
-        # reply part, and httpcore's pool cost more CPU than anything else on that path.
-        twilio_http = await stack.enter_async_context(twilio_http_client())
+        # Twilio requests go through the lean HTTP/1.1 transport: one request per reply
+        # part, and httpcore's pool cost more CPU than anything else on that path.
+        twilio_transport = await stack.enter_async_context(Http1Transport())
         sender = WhatsAppSender(
-            twilio_http,
+            twilio_transport,
             twilio_config,
         )
         deps = PhoneDependencies(

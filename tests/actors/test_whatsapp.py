@@ -25,6 +25,7 @@ import trio
 from trio.testing import MockClock
 
 import actors.whatsapp
+from actors.http1 import Http1Transport
 from actors.whatsapp import (
     EmptyMessage,
     InvalidPhone,
@@ -35,7 +36,6 @@ from actors.whatsapp import (
     TwilioUnavailable,
     WhatsAppSender,
     split_message,
-    twilio_http_client,
 )
 from actors.whatsapp_rules import ReplyPlan, plan_reply
 from events.conversation import Template
@@ -141,7 +141,7 @@ async def _send_json(send: Any, status: int, payload: object) -> None:
 class World:
     twilio: TwilioStandIn
     receiver: Receiver
-    http: httpx.AsyncClient
+    transport: httpx.AsyncBaseTransport
     api: ApiLog
 
     def config(self, **overrides: Any) -> TwilioConfig:
@@ -157,7 +157,7 @@ class World:
         return TwilioConfig(**settings)
 
     def sender(self, **overrides: Any) -> WhatsAppSender:
-        return WhatsAppSender(self.http, self.config(**overrides), random=random.Random(5))
+        return WhatsAppSender(self.transport, self.config(**overrides), random=random.Random(5))
 
     async def open_window(self, phone: str = PHONE) -> None:
         """The person writes to us: the 24-hour window opens (the webhook was answered
@@ -186,10 +186,10 @@ async def world() -> AsyncIterator[World]:
     async with (
         serve_receiver() as receiver,
         serve_twilio(standin) as twilio,
-        twilio_http_client() as http,  # the client the service gives its sender
+        Http1Transport() as transport,  # the transport the service gives its sender
     ):
         twilio.webhook_url = receiver.url("/inbound")
-        yield World(twilio, receiver, http, api)
+        yield World(twilio, receiver, transport, api)
 
 
 # -- sending -----------------------------------------------------------------------------
@@ -588,8 +588,8 @@ async def test_find_sent_finds_a_message_after_a_crash(autojump_clock: MockClock
             sent = await before_crash.send_text(PHONE, body)
             await before_crash.send_text(OTHER_PHONE, body)
             # the crash: the answer is dropped with the process; a new one starts
-            async with httpx.AsyncClient() as http:
-                after = WhatsAppSender(http, w.config())
+            async with Http1Transport() as transport:
+                after = WhatsAppSender(transport, w.config())
                 since = intent_at - timedelta(seconds=30)
                 still_queued = await after.find_sent(PHONE, since, body=body)
                 await w.final_status(sent.sid)
