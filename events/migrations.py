@@ -210,19 +210,22 @@ POSTGRES_MIGRATIONS += (
 #: - Event ids already in the log, or given twice, and a stream that moved on since its
 #:   request's expected version, all collide with a unique index: the insert runs in a
 #:   block that answers ``replan`` on that collision instead of probing every id first.
-#: - A stream that appears twice in one batch is left to `plan_batch` (``replan``).
+#: - A stream with several requests in one batch (a webhook's fact and the actor's
+#:   decision for one phone, say) is checked once, at its first request; the later ones
+#:   follow the events before them (``r_before``: how many, worked out by the client).
 #: - The answer is the batch's positions, in request order, and each request's starting
 #:   version: the client works out each request's result (its last version and
 #:   position) instead of the server joining the inserted rows back to their requests.
 #:
-#: Arguments as migration 2's, without ``r_counts``. One row: ``ok`` with ``starts`` and
+#: Arguments as migration 2's, with ``r_before`` (per request, the events of earlier
+#: requests of its stream in the batch) instead of ``r_counts``. One row: ``ok`` with ``starts`` and
 #: ``positions``; ``replan``; or ``committed`` with the positions a lost call wrote
 #: (``first_pos``..``last_pos``), and nothing written.
 _APPEND_BATCH_V3 = """
 CREATE FUNCTION append_batch(
     lock_a integer, lock_b integer, channel text,
     writer_id uuid, token uuid, previous uuid[],
-    r_streams text[], r_expected integer[],
+    r_streams text[], r_expected integer[], r_before integer[],
     e_requests integer[], e_places integer[], e_types text[], e_data jsonb[],
     e_meta jsonb[], e_ids uuid[],
     commit_delay double precision DEFAULT 0
@@ -246,16 +249,30 @@ BEGIN
         END IF;
     END IF;
 
-    SELECT array_agg(coalesce(u.expected,
-                              (SELECT max(e.version) FROM events e WHERE e.stream = u.stream),
-                              0) ORDER BY u.r),
-           bool_and(u.expected IS NULL OR u.expected = 0
-                    OR EXISTS (SELECT 1 FROM events e
-                                WHERE e.stream = u.stream AND e.version = u.expected))
+    -- The first request of each stream (r_before = 0) starts where the stream is: at its
+    -- expected version if (stream, expected) exists, else at its last version when it
+    -- expects nothing. Later requests of the stream follow the events before them.
+    WITH u AS (
+        SELECT * FROM unnest(r_streams, r_expected, r_before) WITH ORDINALITY
+                      AS u(stream, expected, before, r)
+    ), f AS (
+        SELECT u.stream,
+               coalesce(u.expected,
+                        (SELECT max(e.version) FROM events e WHERE e.stream = u.stream),
+                        0) AS base,
+               (u.expected IS NULL OR u.expected = 0
+                OR EXISTS (SELECT 1 FROM events e
+                            WHERE e.stream = u.stream AND e.version = u.expected)) AS ok
+          FROM u WHERE u.before = 0
+    )
+    SELECT array_agg(f.base + u.before ORDER BY u.r),
+           bool_and(f.ok AND (u.before = 0 OR u.expected IS NULL
+                              OR u.expected = f.base + u.before))
+           AND count(*) = cardinality(r_streams)
       INTO v_starts, clean
-      FROM unnest(r_streams, r_expected) WITH ORDINALITY AS u(stream, expected, r);
-    IF NOT clean OR cardinality(r_streams) <> (SELECT count(DISTINCT s)
-                                                 FROM unnest(r_streams) AS s) THEN
+      FROM u JOIN f ON f.stream = u.stream;
+    -- (A stream without its first request, or with two, changes the join's row count.)
+    IF clean IS NOT TRUE THEN
         RETURN QUERY SELECT 'replan'::text, NULL::integer[], NULL::bigint[], NULL::bigint,
                             NULL::bigint;
         RETURN;

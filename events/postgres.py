@@ -755,9 +755,9 @@ SELECT e.stream, e.version, e.event_id, e.position
 #: One call, autocommit: the whole batch in one round trip (`events.migrations`).
 _APPEND_BATCH_CALL = """
 SELECT kind, starts, positions, first_pos, last_pos
-  FROM append_batch($1, $2, $3, $4, $5, $6::uuid[], $7::text[], $8::int[],
-                    $9::int[], $10::int[], $11::text[], $12::jsonb[], $13::jsonb[],
-                    $14::uuid[], $15)
+  FROM append_batch($1, $2, $3, $4, $5, $6::uuid[], $7::text[], $8::int[], $9::int[],
+                    $10::int[], $11::int[], $12::text[], $13::jsonb[], $14::jsonb[],
+                    $15::uuid[], $16)
 """
 
 # The batch ``append_batch`` leaves to `plan_batch`: rows fed in batch order, so positions
@@ -873,6 +873,8 @@ async def write_batch_sql(
                 await conn.fetchval(_END_BACKEND_SQL, *earlier.backend)
         streams: list[str] = []
         expected: list[int | None] = []
+        before: list[int] = []  # events of earlier requests of the same stream
+        seen: dict[str, int] = {}
         requests: list[int] = []
         places: list[int] = []
         types: list[str] = []
@@ -882,6 +884,9 @@ async def write_batch_sql(
         for number, request in enumerate(batch, 1):
             streams.append(request.stream)
             expected.append(request.expected_version)
+            ahead = seen.get(request.stream, 0)
+            before.append(ahead)
+            seen[request.stream] = ahead + len(request.events)
             for place, (event, (payload, meta)) in enumerate(
                 zip(request.events, request.payloads, strict=True), 1
             ):
@@ -903,6 +908,7 @@ async def write_batch_sql(
             [earlier.token for earlier in lost],
             streams,
             expected,
+            before,
             requests,
             places,
             types,

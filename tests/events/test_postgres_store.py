@@ -466,3 +466,41 @@ async def test_two_batches_in_flight_decide_every_append_once(
         assert versions == list(range(1, 21))
     for index in range(40):
         assert [e.version for e in everything if e.stream == f"own-{index}"] == [1, 2, 3, 4, 5]
+
+
+async def test_append_batch_writes_a_streams_requests_in_one_call(
+    pg_store: PostgresEventStore,
+) -> None:
+    """The fast path decides a stream with several requests itself (a webhook's fact and
+    the actor's decision for one phone meet in a batch all the time); a broken chain, an id
+    already recorded, or a stream that is elsewhere than expected is left to the planner."""
+    await pg_store.append("phone-+15550002", [ev(1), ev(2)], NO_STREAM)
+    log = pg_store.log
+
+    async def call(
+        expected: list[int | None], before: list[int], ids: list[uuid.UUID]
+    ) -> tuple[str, list[int] | None, int]:
+        requests = list(range(1, len(expected) + 1))
+
+        async def run(conn: Connection) -> tuple[str, list[int] | None, int]:
+            [row] = await conn.fetch(
+                pg._APPEND_BATCH_CALL, log.lock[0], log.lock[1], log.channel,
+                uuid.uuid4(), uuid.uuid4(), [], ["phone-+15550002"] * len(expected),
+                expected, before, requests, [1] * len(requests), ["Counted"] * len(requests),
+                ['{"n": 0}'] * len(requests), ["{}"] * len(requests), ids, 0.0,
+            )  # fmt: skip
+            head = await conn.fetchval("SELECT count(*) FROM events")
+            return row[0], None if row[1] is None else list(row[1]), head
+
+        return await pg_store.database.run(run)
+
+    # the actor expects 2, a webhook's fact expects nothing: 3 and 4, in one call
+    assert await call([2, None], [0, 1], [uuid.uuid4(), uuid.uuid4()]) == ("ok", [2, 3], 4)
+    # a later request expecting what the earlier one does not leave: nothing written
+    assert await call([4, 4], [0, 1], [uuid.uuid4(), uuid.uuid4()]) == ("replan", None, 4)
+    # behind, ahead, or an id already recorded: nothing written
+    assert await call([3], [0], [uuid.uuid4()]) == ("replan", None, 4)
+    assert await call([6], [0], [uuid.uuid4()]) == ("replan", None, 4)
+    [first] = await pg_store.read_stream("phone-+15550002", limit=1)
+    assert await call([None], [0], [first.event_id]) == ("replan", None, 4)
+    assert [e.version for e in await pg_store.read_stream("phone-+15550002")] == [1, 2, 3, 4]
