@@ -218,9 +218,10 @@ POSTGRES_MIGRATIONS += (
 #:   position) instead of the server joining the inserted rows back to their requests.
 #:
 #: Arguments as migration 2's, with ``r_before`` (per request, the events of earlier
-#: requests of its stream in the batch) instead of ``r_counts``. One row: ``ok`` with ``starts`` and
-#: ``positions``; ``replan``; or ``committed`` with the positions a lost call wrote
-#: (``first_pos``..``last_pos``), and nothing written.
+#: requests of its stream in the batch) instead of ``r_counts``; its signature repeats
+#: migration 2's on purpose: each migration reads as the SQL it ran. One row: ``ok`` with
+#: ``starts`` and ``positions``; ``replan``; or ``committed`` with the positions a lost
+#: call wrote (``first_pos``..``last_pos``), and nothing written.
 _APPEND_BATCH_V3 = """
 CREATE FUNCTION append_batch(
     lock_a integer, lock_b integer, channel text,
