@@ -27,9 +27,19 @@ class Server:
     behaviour: Behaviour
     url: str = ""
     connections: int = 0
-    closed: int = 0
-    hung_up: trio.Event = attrs.Factory(trio.Event)
+    closed: int = 0  # connections the client hung up
+    ended: int = 0  # connections over, whoever closed them
     requests: list[bytes] = attrs.Factory(list)
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    def changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait, without a clock, until the server's counters say so."""
+        while not condition():
+            await self._changed.wait()
 
 
 async def _read_request(stream: trio.SocketStream) -> bytes | None:
@@ -56,14 +66,20 @@ async def serving(behaviour: Behaviour) -> AsyncIterator[Server]:
 
     async def handle(stream: trio.SocketStream) -> None:
         server.connections += 1
-        async with stream:
-            while (request := await _read_request(stream)) is not None:
-                server.requests.append(request)
-                if not await server.behaviour(stream, request):
-                    return
-            server.closed += 1  # the client hung up
-            server.hung_up.set()
-            server.hung_up = trio.Event()
+        server.changed()
+        try:
+            async with stream:
+                while (request := await _read_request(stream)) is not None:
+                    server.requests.append(request)
+                    server.changed()
+                    if not await server.behaviour(stream, request):
+                        return
+                server.closed += 1  # the client hung up
+        except trio.BrokenResourceError:
+            pass  # the client gave up first: nothing to answer
+        finally:
+            server.ended += 1
+            server.changed()
 
     async with trio.open_nursery() as nursery:
         [listener] = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
@@ -96,11 +112,11 @@ async def test_requests_share_one_kept_alive_connection() -> None:
 
 
 async def test_concurrent_requests_open_connections_and_keep_them() -> None:
-    async def slow_ok(stream: trio.SocketStream, request: bytes) -> bool:
-        await trio.sleep(0.05)
+    async def answer_when_four_wait(stream: trio.SocketStream, request: bytes) -> bool:
+        await server.until(lambda: len(server.requests) >= 4)
         return await answer_ok(stream, request)
 
-    async with serving(slow_ok) as server, client() as http:
+    async with serving(answer_when_four_wait) as server, client() as http:
         async with trio.open_nursery() as nursery:
             for _ in range(4):
                 nursery.start_soon(http.get, server.url)
@@ -116,7 +132,7 @@ async def test_an_idle_connection_the_server_closed_is_not_used() -> None:
 
     async with serving(answer_then_close) as server, client() as http:
         assert (await http.get(server.url)).status_code == 200
-        await trio.sleep(0.05)  # the close reaches us
+        await server.until(lambda: server.ended == 1)  # closed: its FIN is on its way
         assert (await http.get(server.url)).status_code == 200
     assert server.connections == 2
 
@@ -193,14 +209,25 @@ async def test_garbage_is_a_remote_protocol_error() -> None:
 
 
 async def test_a_cancelled_request_leaves_no_connection_behind() -> None:
-    async def slow_then_ok(stream: trio.SocketStream, request: bytes) -> bool:
+    release = trio.Event()
+
+    async def hold_the_first(stream: trio.SocketStream, request: bytes) -> bool:
         if len(server.requests) == 1:
-            await trio.sleep(0.5)
+            await release.wait()
+            return False
         return await answer_ok(stream, request)
 
-    async with serving(slow_then_ok) as server, client() as http:
-        with trio.move_on_after(0.05):
-            await http.get(server.url)
+    async with serving(hold_the_first) as server, client() as http:
+        with trio.CancelScope() as waiting:
+
+            async def give_up_once_received() -> None:
+                await server.until(lambda: len(server.requests) == 1)
+                waiting.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(give_up_once_received)
+                await http.get(server.url)
+        release.set()
         assert (await http.get(server.url)).status_code == 200
     assert server.connections == 2  # the interrupted one was closed, not reused
 
@@ -208,11 +235,11 @@ async def test_a_cancelled_request_leaves_no_connection_behind() -> None:
 async def test_closing_under_cancellation_closes_every_idle_connection() -> None:
     """The service closes its client while being cancelled: no socket may be left open."""
 
-    async def slow_ok(stream: trio.SocketStream, request: bytes) -> bool:
-        await trio.sleep(0.05)
+    async def answer_when_three_wait(stream: trio.SocketStream, request: bytes) -> bool:
+        await server.until(lambda: len(server.requests) >= 3)
         return await answer_ok(stream, request)
 
-    async with serving(slow_ok) as server:
+    async with serving(answer_when_three_wait) as server:
         http = client()
         async with trio.open_nursery() as nursery:
             for _ in range(3):
@@ -221,8 +248,7 @@ async def test_closing_under_cancellation_closes_every_idle_connection() -> None
             scope.cancel()
             await http.aclose()
         with trio.fail_after(5):
-            while server.closed < 3:
-                await server.hung_up.wait()
+            await server.until(lambda: server.closed == 3)
     assert (server.connections, server.closed) == (3, 3)
 
 
