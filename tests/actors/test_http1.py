@@ -3,6 +3,7 @@ can fail a request, each mapped to the httpx error that says whether it was sent
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -11,13 +12,15 @@ import attrs
 import httpx
 import pytest
 import trio
+import trustme
 from trio.testing import MockClock
 
 from actors.http1 import KEEPALIVE_EXPIRY, Http1Transport
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 
-Behaviour = Callable[[trio.SocketStream, bytes], Awaitable[bool]]
+Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+Behaviour = Callable[[Stream, bytes], Awaitable[bool]]
 
 
 @attrs.define
@@ -42,7 +45,7 @@ class Server:
             await self._changed.wait()
 
 
-async def _read_request(stream: trio.SocketStream) -> bytes | None:
+async def _read_request(stream: Stream) -> bytes | None:
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = await stream.receive_some(65536)
@@ -61,10 +64,10 @@ async def _read_request(stream: trio.SocketStream) -> bytes | None:
 
 
 @asynccontextmanager
-async def serving(behaviour: Behaviour) -> AsyncIterator[Server]:
+async def serving(behaviour: Behaviour, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     server = Server(behaviour)
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(stream: Stream) -> None:
         server.connections += 1
         server.changed()
         try:
@@ -76,19 +79,24 @@ async def serving(behaviour: Behaviour) -> AsyncIterator[Server]:
                         return
                 server.closed += 1  # the client hung up
         except trio.BrokenResourceError:
-            pass  # the client gave up first: nothing to answer
+            pass  # the client gave up first (or refused our certificate): nothing to answer
         finally:
             server.ended += 1
             server.changed()
 
     async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-        server.url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}"
+        if tls is None:
+            [listener] = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+            server.url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}"
+        else:
+            serve = partial(trio.serve_ssl_over_tcp, handle, 0, tls, host="127.0.0.1")
+            [listener] = await nursery.start(serve)
+            server.url = f"https://localhost:{listener.transport_listener.socket.getsockname()[1]}"
         yield server
         nursery.cancel_scope.cancel()
 
 
-async def answer_ok(stream: trio.SocketStream, request: bytes) -> bool:
+async def answer_ok(stream: Stream, request: bytes) -> bool:
     await stream.send_all(OK)
     return True
 
@@ -112,7 +120,7 @@ async def test_requests_share_one_kept_alive_connection() -> None:
 
 
 async def test_concurrent_requests_open_connections_and_keep_them() -> None:
-    async def answer_when_four_wait(stream: trio.SocketStream, request: bytes) -> bool:
+    async def answer_when_four_wait(stream: Stream, request: bytes) -> bool:
         await server.until(lambda: len(server.requests) >= 4)
         return await answer_ok(stream, request)
 
@@ -126,7 +134,7 @@ async def test_concurrent_requests_open_connections_and_keep_them() -> None:
 
 
 async def test_an_idle_connection_the_server_closed_is_not_used() -> None:
-    async def answer_then_close(stream: trio.SocketStream, request: bytes) -> bool:
+    async def answer_then_close(stream: Stream, request: bytes) -> bool:
         await stream.send_all(OK)
         return False  # closes without saying so (no Connection: close)
 
@@ -146,7 +154,7 @@ async def test_an_expired_idle_connection_is_replaced(autojump_clock: MockClock)
 
 
 async def test_connection_close_is_honoured() -> None:
-    async def close_said(stream: trio.SocketStream, request: bytes) -> bool:
+    async def close_said(stream: Stream, request: bytes) -> bool:
         await stream.send_all(
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
         )
@@ -171,7 +179,7 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
 async def test_a_close_without_an_answer_is_a_remote_protocol_error() -> None:
     """The request went out and nothing came back: the caller must treat it as maybe sent."""
 
-    async def hang_up(stream: trio.SocketStream, request: bytes) -> bool:
+    async def hang_up(stream: Stream, request: bytes) -> bool:
         return False
 
     async with serving(hang_up) as server, client() as http:
@@ -185,7 +193,7 @@ async def test_a_silent_server_is_a_read_timeout_and_the_connection_is_dropped(
 ) -> None:
     answers = iter([False, True])
 
-    async def stall_once(stream: trio.SocketStream, request: bytes) -> bool:
+    async def stall_once(stream: Stream, request: bytes) -> bool:
         if not next(answers):
             await trio.sleep(60)
             return False
@@ -199,7 +207,7 @@ async def test_a_silent_server_is_a_read_timeout_and_the_connection_is_dropped(
 
 
 async def test_garbage_is_a_remote_protocol_error() -> None:
-    async def garbage(stream: trio.SocketStream, request: bytes) -> bool:
+    async def garbage(stream: Stream, request: bytes) -> bool:
         await stream.send_all(b"this is not HTTP\r\n\r\n")
         return True
 
@@ -211,7 +219,7 @@ async def test_garbage_is_a_remote_protocol_error() -> None:
 async def test_a_cancelled_request_leaves_no_connection_behind() -> None:
     release = trio.Event()
 
-    async def hold_the_first(stream: trio.SocketStream, request: bytes) -> bool:
+    async def hold_the_first(stream: Stream, request: bytes) -> bool:
         if len(server.requests) == 1:
             await release.wait()
             return False
@@ -235,7 +243,7 @@ async def test_a_cancelled_request_leaves_no_connection_behind() -> None:
 async def test_closing_under_cancellation_closes_every_idle_connection() -> None:
     """The service closes its client while being cancelled: no socket may be left open."""
 
-    async def answer_when_three_wait(stream: trio.SocketStream, request: bytes) -> bool:
+    async def answer_when_three_wait(stream: Stream, request: bytes) -> bool:
         await server.until(lambda: len(server.requests) >= 3)
         return await answer_ok(stream, request)
 
@@ -250,6 +258,27 @@ async def test_closing_under_cancellation_closes_every_idle_connection() -> None
         with trio.fail_after(5):
             await server.until(lambda: server.closed == 3)
     assert (server.connections, server.closed) == (3, 3)
+
+
+async def test_https_verifies_the_server_and_keeps_the_connection() -> None:
+    """Twilio is https: the certificate is checked against the host name, and the TLS
+    connection is kept alive like any other."""
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_tls)
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+    async with serving(answer_ok, tls=server_tls) as server:
+        async with httpx.AsyncClient(transport=Http1Transport(ssl_context=trusting)) as http:
+            for _ in range(2):
+                assert (await http.post(server.url, data={"Body": "hi"})).json() == {"ok": True}
+        assert server.connections == 1
+        # A client that does not trust the authority refuses the server before sending.
+        async with client() as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get(server.url)
+        await server.until(lambda: server.ended == 2)
+    assert len(server.requests) == 2
 
 
 async def test_only_http_and_https() -> None:
