@@ -33,6 +33,7 @@ from events import (
     event_type,
     to_new_event,
 )
+from tests.watched import Watched
 
 WAKE = "wake"
 ARM = "arm"
@@ -61,8 +62,9 @@ def tally_stream(actor_id: str) -> str:
 
 
 @attrs.define(eq=False)
-class Probe:
-    """What the actors did, and what they should do wrong."""
+class Probe(Watched):
+    """What the actors did, and what they should do wrong (tests `wait_for` what they did:
+    every actor records through `changed`)."""
 
     activations: list[tuple[str, float]] = attrs.Factory(list)
     deactivations: list[tuple[str, float]] = attrs.Factory(list)
@@ -82,16 +84,6 @@ class Probe:
     slow: dict[int, float] = attrs.Factory(dict)
     deactivate_delay: float = 0.0
     tick_delay: float = 1000.0
-    _changed: trio.Event = attrs.Factory(trio.Event)
-
-    def changed(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, condition: Callable[[], bool]) -> None:
-        """Block until ``condition()`` holds; re-checked whenever an actor records something."""
-        while not condition():
-            await self._changed.wait()
 
     def take_crash(self, plan: dict[tuple[str, int], float], actor_id: str, n: int) -> bool:
         left = plan.get((actor_id, n), 0)

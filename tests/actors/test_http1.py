@@ -16,6 +16,7 @@ import trustme
 from trio.testing import MockClock
 
 from actors.http1 import KEEPALIVE_EXPIRY, Http1Transport
+from tests.watched import Watched
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 
@@ -23,8 +24,8 @@ Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 Behaviour = Callable[[Stream, bytes], Awaitable[bool]]
 
 
-@attrs.define
-class Server:
+@attrs.define(eq=False)
+class Server(Watched):
     """Counts connections and requests; ``behaviour`` answers each request (False: close)."""
 
     behaviour: Behaviour
@@ -33,16 +34,6 @@ class Server:
     closed: int = 0  # connections the client hung up
     ended: int = 0  # connections over, whoever closed them
     requests: list[bytes] = attrs.Factory(list)
-    _changed: trio.Event = attrs.Factory(trio.Event)
-
-    def changed(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        """Wait, without a clock, until the server's counters say so."""
-        while not condition():
-            await self._changed.wait()
 
 
 async def _read_request(stream: Stream) -> bytes | None:
@@ -121,7 +112,7 @@ async def test_requests_share_one_kept_alive_connection() -> None:
 
 async def test_concurrent_requests_open_connections_and_keep_them() -> None:
     async def answer_when_four_wait(stream: Stream, request: bytes) -> bool:
-        await server.until(lambda: len(server.requests) >= 4)
+        await server.wait_for(lambda: len(server.requests) >= 4)
         return await answer_ok(stream, request)
 
     async with serving(answer_when_four_wait) as server, client() as http:
@@ -140,7 +131,7 @@ async def test_an_idle_connection_the_server_closed_is_not_used() -> None:
 
     async with serving(answer_then_close) as server, client() as http:
         assert (await http.get(server.url)).status_code == 200
-        await server.until(lambda: server.ended == 1)  # closed: its FIN is on its way
+        await server.wait_for(lambda: server.ended == 1)  # closed: its FIN is on its way
         assert (await http.get(server.url)).status_code == 200
     assert server.connections == 2
 
@@ -195,8 +186,7 @@ async def test_a_silent_server_is_a_read_timeout_and_the_connection_is_dropped(
 
     async def stall_once(stream: Stream, request: bytes) -> bool:
         if not next(answers):
-            await trio.sleep(60)
-            return False
+            await trio.sleep_forever()  # never answers
         return await answer_ok(stream, request)
 
     async with serving(stall_once) as server, client() as http:
@@ -229,7 +219,7 @@ async def test_a_cancelled_request_leaves_no_connection_behind() -> None:
         with trio.CancelScope() as waiting:
 
             async def give_up_once_received() -> None:
-                await server.until(lambda: len(server.requests) == 1)
+                await server.wait_for(lambda: len(server.requests) == 1)
                 waiting.cancel()
 
             async with trio.open_nursery() as nursery:
@@ -244,7 +234,7 @@ async def test_closing_under_cancellation_closes_every_idle_connection() -> None
     """The service closes its client while being cancelled: no socket may be left open."""
 
     async def answer_when_three_wait(stream: Stream, request: bytes) -> bool:
-        await server.until(lambda: len(server.requests) >= 3)
+        await server.wait_for(lambda: len(server.requests) >= 3)
         return await answer_ok(stream, request)
 
     async with serving(answer_when_three_wait) as server:
@@ -256,7 +246,7 @@ async def test_closing_under_cancellation_closes_every_idle_connection() -> None
             scope.cancel()
             await http.aclose()
         with trio.fail_after(5):
-            await server.until(lambda: server.closed == 3)
+            await server.wait_for(lambda: server.closed == 3)
     assert (server.connections, server.closed) == (3, 3)
 
 
@@ -277,7 +267,7 @@ async def test_https_verifies_the_server_and_keeps_the_connection() -> None:
         async with client() as http:
             with pytest.raises(httpx.ConnectError):
                 await http.get(server.url)
-        await server.until(lambda: server.ended == 2)
+        await server.wait_for(lambda: server.ended == 2)
     assert len(server.requests) == 2
 
 
