@@ -27,7 +27,7 @@ import attrs
 import httpx
 import trio
 
-from sandbox._http import serve_asgi
+from sandbox._standin_server import serve_standin
 from sandbox.elevenlabs import _protocol as proto
 from sandbox.elevenlabs._brain import Brain, SessionContext, Turn, ask_brain, context_brain
 from sandbox.elevenlabs._calls import (
@@ -948,7 +948,7 @@ async def serve_elevenlabs(
         standin._nursery = nursery
         standin._http = http
         try:
-            async with serve_asgi(standin.app, host, port) as base_url:
+            async with serve_standin(standin.app, host, port) as base_url:
                 standin.base_url = base_url
                 try:
                     yield standin

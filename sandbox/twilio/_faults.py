@@ -5,9 +5,9 @@ A fault is armed for the next N API requests, or for the requests about one phon
 never faulted, so a test can always disarm what it armed.
 
 Faults act in a thin ASGI layer in front of the Quart app because a dropped connection
-cannot be expressed in ASGI: the layer reaches Hypercorn's stream (the owner of the ``send``
-callable) and closes it before any response byte is written, which is what a client sees
-when a load balancer resets a connection.
+cannot be expressed in plain ASGI: the layer asks the stand-ins' server to close the
+connection before any response byte is written (its ``aftercall.drop`` extension), which is
+what a client sees when a load balancer resets a connection.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from urllib.parse import parse_qs
 
 import attrs
 import trio
-from hypercorn.protocol.events import StreamClosed
-from hypercorn.protocol.http_stream import HTTPStream
 
+from sandbox._standin_server import DROP
 from sandbox.twilio._protocol import e164, new_sid
 from sandbox.twilio._values import API_VERSION, ApiError
 
@@ -153,7 +152,7 @@ def faulting(app: ASGIApp, plan: FaultPlan) -> ASGIApp:
         body = b"".join(chunks)
         fault = plan.take(_request_phone(scope, body))
         if fault is not None and fault.kind == "drop":
-            await _drop(send)
+            await _drop(scope, send)
             return
         if fault is not None and fault.kind == "http":
             await _send_error(send, fault)
@@ -201,13 +200,8 @@ async def _send_error(send: Send, fault: Fault) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _drop(send: Send) -> None:
-    """Close the connection under this request without writing a response.
-
-    ``send`` is Hypercorn's ``HTTPStream.app_send``; telling that stream it is closed makes
-    the HTTP/1.1 protocol close the socket because the response never finished.
-    """
-    stream = getattr(send, "__self__", None)
-    if not isinstance(stream, HTTPStream):
-        raise RuntimeError("dropped-connection faults need the app served by Hypercorn")
-    await stream.send(StreamClosed(stream_id=stream.stream_id))
+async def _drop(scope: Scope, send: Send) -> None:
+    """Close the connection under this request without writing a response."""
+    if DROP not in scope.get("extensions", {}):
+        raise RuntimeError("dropped-connection faults need the stand-ins' server (serve_standin)")
+    await send({"type": DROP})

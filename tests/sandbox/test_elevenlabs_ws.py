@@ -46,14 +46,16 @@ TEXT_ONLY_INIT: dict[str, Any] = {
 
 
 @asynccontextmanager
-async def open_ws(url: str) -> AsyncIterator[WebSocketConnection]:
+async def open_ws(
+    url: str, subprotocols: list[str] | None = None
+) -> AsyncIterator[WebSocketConnection]:
     """``open_websocket_url`` that never leaks its socket.
 
     trio-websocket 0.12.2's client leaves its TCP stream open when the server closes first
     (its reader stops on EOF without closing the stream, and ``aclose()`` returns early
     once a close reason is known): close it here, or the ResourceWarning fails the suite.
     """
-    async with open_websocket_url(url) as ws:
+    async with open_websocket_url(url, subprotocols=subprotocols) as ws:
         try:
             yield ws
         finally:
