@@ -1,11 +1,16 @@
-"""A lean HTTP/1.1 transport for httpx: keep-alive connections on Trio, spoken with h11.
+"""A lean HTTP/1.1 client transport on Trio, spoken with h11; also an httpx transport.
 
 Why: the WhatsApp sender makes one Twilio request per reply part, and httpx's default
 transport (httpcore) was the largest single cost of a message in aftercall's process:
 its pool walks every pooled connection, asking each whether it has expired (a poll system
 call each), for every request, and its layers of streams, locks and shields run again
-per request. This transport keeps what the sender needs and nothing else:
+per request. Then httpx's own models were: building an ``httpx.Request`` (URL parsing,
+header normalisation) and an ``httpx.Response`` (decoding, charset detection) cost more
+than the exchange itself. So the sender calls `Http1Transport.request` with bytes and a
+`Target` parsed once, and gets an `Answer` back; anything else can still use it as an
+httpx transport.
 
+What it does:
 - a stack of idle connections per origin; a request takes the most recently used one
   (checked once for a close by the server, and for its keep-alive age) or opens another;
 - HTTP/1.1 with keep-alive, https through `trio.SSLStream` with the default context
@@ -18,8 +23,7 @@ per request. This transport keeps what the sender needs and nothing else:
   that says ``Connection: close``) is closed, never reused.
 
 Not supported, because the sender never asks for them: HTTP/2, proxies, streaming
-responses, ``Expect: 100-continue``, upgrades. Used through ``httpx.AsyncClient(transport=
-Http1Transport())``: the client still does auth, headers, timeouts and URL building.
+responses, ``Expect: 100-continue``, upgrades.
 """
 
 from __future__ import annotations
@@ -62,9 +66,58 @@ class _Connection:
         self.socket.close()
 
 
+@attrs.frozen
+class Target:
+    """Where a request goes, parsed once: the connection's origin, the request target and
+    the ``Host`` header. A sender that calls one URL all day parses it once."""
+
+    origin: Origin
+    path: bytes
+    host_header: bytes
+
+    @classmethod
+    def of(cls, url: str | httpx.URL) -> Target:
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+        if parsed.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"cannot send a request to {parsed.scheme!r} URLs")
+        port = parsed.port or _default_port(parsed.scheme)
+        host = parsed.raw_host
+        default = parsed.port is None or parsed.port == _default_port(parsed.scheme)
+        return cls(
+            (parsed.raw_scheme, host, port),
+            parsed.raw_path,
+            host if default else host + b":" + str(port).encode(),
+        )
+
+    def with_query(self, query: bytes) -> Target:
+        """The same place with ``?query`` (already encoded) instead of its own."""
+        path = self.path.partition(b"?")[0]
+        return attrs.evolve(self, path=path + b"?" + query if query else path)
+
+
+@attrs.frozen
+class Answer:
+    """A whole response: status, headers (names in lower case, as h11 gives them), body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
 @attrs.define(eq=False)
 class Http1Transport(httpx.AsyncBaseTransport):
-    """httpx transport over Trio sockets; see the module docstring for what it leaves out."""
+    """HTTP/1.1 over Trio sockets; see the module docstring for what it leaves out.
+
+    `request` is the lean call (the WhatsApp sender's): bytes in, an `Answer` out, no
+    httpx models on the way. As an httpx transport (``handle_async_request``) it serves
+    anything that holds an ``httpx.Request``, through the same exchange.
+    """
 
     ssl_context: ssl.SSLContext | None = None
     #: Idle connections kept per origin: as many as requests run at once, or connections
@@ -73,20 +126,37 @@ class Http1Transport(httpx.AsyncBaseTransport):
     _idle: dict[Origin, list[_Connection]] = attrs.field(factory=dict, init=False)
     _closed: bool = attrs.field(default=False, init=False)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def request(
+        self,
+        method: bytes,
+        target: Target,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes = b"",
+        *,
+        answer_within: float | None = None,
+        connect_within: float | None = None,
+    ) -> Answer:
+        """One exchange: ``headers`` without ``Host`` (the target brings it) and, for a
+        body, with its ``Content-Length``.
+
+        ``answer_within`` (seconds) bounds the exchange once connected: the request written
+        and the whole answer read in that time (one deadline, not one per read: a deadline
+        costs a cancel scope, and a server that trickles an answer is as stuck as a silent
+        one). Raises httpx's errors: ``ConnectError``/``ConnectTimeout`` (never
+        sent), ``WriteError``/``WriteTimeout``, ``ReadError``/``ReadTimeout`` and
+        ``RemoteProtocolError`` (sent, no usable answer).
+        """
         if self._closed:
             raise RuntimeError("this transport is closed")
-        url = request.url
-        if url.scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"cannot send a request to {url.scheme!r} URLs")
-        origin: Origin = (url.raw_scheme, url.raw_host, url.port or _default_port(url.scheme))
-        timeouts = request.extensions.get("timeout", {})
-        body = await request.aread()
+        origin = target.origin
         connection = self._idle_connection(origin)
         if connection is None:
-            connection = await self._connect(origin, timeouts.get("connect"))
+            connection = await self._connect(origin, connect_within)
         try:
-            response = await self._exchange(connection, request, body, timeouts)
+            answer = await self._exchange(
+                connection, method, target, [(b"host", target.host_header), *headers], body,
+                answer_within,
+            )  # fmt: skip
         except BaseException:
             connection.discard()
             raise
@@ -100,9 +170,32 @@ class Http1Transport(httpx.AsyncBaseTransport):
             idle = self._idle.setdefault(origin, [])
             if len(idle) < self.max_idle_per_origin:
                 idle.append(connection)
-                return response
+                return answer
         connection.discard()
-        return response
+        return answer
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raw = request.headers.raw
+        target = Target.of(request.url)
+        host = next((value for name, value in raw if name.lower() == b"host"), None)
+        if host is not None:
+            target = attrs.evolve(target, host_header=host)
+        timeouts = request.extensions.get("timeout", {})
+        answer = await self.request(
+            request.method.encode("ascii"),
+            target,
+            [(name, value) for name, value in raw if name.lower() != b"host"],
+            await request.aread(),
+            answer_within=_exchange_timeout(timeouts),
+            connect_within=timeouts.get("connect"),
+        )
+        return httpx.Response(
+            status_code=answer.status,
+            headers=answer.headers,
+            content=answer.body,
+            extensions={"http_version": b"HTTP/1.1"},
+            request=request,
+        )
 
     async def aclose(self) -> None:
         # No checkpoint in here: a closing that is itself cancelled still closes them all.
@@ -126,126 +219,126 @@ class Http1Transport(httpx.AsyncBaseTransport):
     async def _connect(self, origin: Origin, seconds: float | None) -> _Connection:
         scheme, host, port = origin
         hostname = host.decode("ascii")
-        with _mapped(httpx.ConnectError, httpx.ConnectTimeout, seconds):
-            tcp = await trio.open_tcp_stream(hostname, port)
-            stream: trio.abc.Stream = tcp
-            if scheme == b"https":
-                context = self.ssl_context or _default_ssl_context()
-                tls = trio.SSLStream(tcp, context, server_hostname=hostname, https_compatible=True)
-                try:
-                    await tls.do_handshake()
-                except BaseException:
-                    tcp.socket.close()
-                    raise
-                stream = tls
+        with _Deadline(seconds) as deadline:
+            try:
+                tcp = await trio.open_tcp_stream(hostname, port)
+                stream: trio.abc.Stream = tcp
+                if scheme == b"https":
+                    context = self.ssl_context or _default_ssl_context()
+                    tls = trio.SSLStream(
+                        tcp, context, server_hostname=hostname, https_compatible=True
+                    )
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        tcp.socket.close()
+                        raise
+                    stream = tls
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        if deadline.expired:
+            raise httpx.ConnectTimeout(f"no connection within {seconds:g} s")
         return _Connection(stream, tcp.socket)
 
     # -- one exchange -----------------------------------------------------------------------
     async def _exchange(
         self,
         connection: _Connection,
-        request: httpx.Request,
+        method: bytes,
+        target: Target,
+        headers: list[tuple[bytes, bytes]],
         body: bytes,
-        timeouts: dict[str, float | None],
-    ) -> httpx.Response:
+        seconds: float | None,
+    ) -> Answer:
         conn = connection.h11
-        headers = list(request.headers.raw)
-        target = request.url.raw_path
-        events: list[h11.Event] = [
-            h11.Request(method=request.method, target=target, headers=headers),
-        ]
-        if body:
-            events.append(h11.Data(data=body))
-        events.append(h11.EndOfMessage())
         try:
-            data = b"".join(conn.send(event) or b"" for event in events)
+            data = conn.send(h11.Request(method=method, target=target.path, headers=headers))
+            if body:
+                data += conn.send(h11.Data(data=body))
+            data += conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(str(exc)) from exc
-        with _mapped(httpx.WriteError, httpx.WriteTimeout, timeouts.get("write")):
-            await connection.stream.send_all(data)
-
-        status = 0
-        response_headers: list[tuple[bytes, bytes]] = []
-        chunks: list[bytes] = []
-        read_timeout = timeouts.get("read")
-        while True:
-            event = await self._next_event(connection, read_timeout)
-            if isinstance(event, h11.Response):
-                status = event.status_code
-                response_headers = list(event.headers)
-            elif isinstance(event, h11.InformationalResponse):
-                continue
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-        return httpx.Response(
-            status_code=status,
-            headers=response_headers,
-            content=b"".join(chunks),
-            extensions={"http_version": b"HTTP/1.1"},
-            request=request,
-        )
-
-    async def _next_event(self, connection: _Connection, seconds: float | None) -> h11.Event:
-        conn = connection.h11
-        while True:
+        reading = False
+        with _Deadline(seconds) as deadline:
             try:
-                event = conn.next_event()
+                await connection.stream.send_all(data)
+                reading = True
+                status = 0
+                response_headers: list[tuple[bytes, bytes]] = []
+                chunks: list[bytes] = []
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        received = await connection.stream.receive_some(_READ_SIZE)
+                        if not received and conn.their_state is h11.SEND_RESPONSE:
+                            raise httpx.RemoteProtocolError(
+                                "Server disconnected without sending a response."
+                            )
+                        conn.receive_data(bytes(received))
+                    elif type(event) is h11.Response:
+                        status = event.status_code
+                        response_headers = list(event.headers)
+                    elif type(event) is h11.Data:
+                        chunks.append(bytes(event.data))
+                    elif type(event) is h11.EndOfMessage:
+                        break
+                    elif type(event) is h11.InformationalResponse:
+                        continue
+                    else:  # PAUSED, ConnectionClosed
+                        raise httpx.RemoteProtocolError(
+                            "the server closed the connection mid-response"
+                        )
             except h11.RemoteProtocolError as exc:
                 raise httpx.RemoteProtocolError(str(exc)) from exc
-            if event is h11.NEED_DATA:
-                with _mapped(httpx.ReadError, httpx.ReadTimeout, seconds):
-                    data = await connection.stream.receive_some(_READ_SIZE)
-                if not data and conn.their_state is h11.SEND_RESPONSE:
-                    raise httpx.RemoteProtocolError(
-                        "Server disconnected without sending a response."
-                    )
-                conn.receive_data(bytes(data))
-                continue
-            if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
-                raise httpx.RemoteProtocolError("the server closed the connection mid-response")
-            assert isinstance(event, h11.Event)
-            return event
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                error = httpx.ReadError if reading else httpx.WriteError
+                raise error(str(exc) or type(exc).__name__) from exc
+        if deadline.expired:
+            error_type = httpx.ReadTimeout if reading else httpx.WriteTimeout
+            raise error_type(f"no answer within {seconds:g} s")
+        return Answer(status, response_headers, b"".join(chunks))
 
 
-class _mapped:
-    """Run the block within ``seconds``; socket and TLS failures become httpx's ``error``.
+class _Deadline:
+    """A `trio.CancelScope` with a deadline ``seconds`` from now (none for None), that
+    says afterwards whether the deadline is what ended the block.
 
-    A class rather than ``@contextmanager`` (and a bare `trio.CancelScope` rather than
-    `trio.fail_after`, itself a generator): it wraps every read and write of every
-    request, and generator-based context managers cost several times as much.
+    A class rather than `trio.move_on_after` (itself a generator-based context manager):
+    it wraps every request, and generator-based context managers cost several times as
+    much.
     """
 
-    __slots__ = ("_error", "_scope", "_seconds", "_timeout_error")
+    __slots__ = ("_scope", "expired")
 
-    def __init__(
-        self,
-        error: type[httpx.TransportError],
-        timeout_error: type[httpx.TimeoutException],
-        seconds: float | None,
-    ) -> None:
-        self._error = error
-        self._timeout_error = timeout_error
-        self._seconds = seconds
-        self._scope: trio.CancelScope | None = None
+    def __init__(self, seconds: float | None) -> None:
+        self._scope = (
+            trio.CancelScope(deadline=trio.current_time() + seconds)
+            if seconds is not None
+            else None
+        )
+        self.expired = False
 
-    def __enter__(self) -> None:
-        if self._seconds is not None:
-            self._scope = trio.CancelScope(deadline=trio.current_time() + self._seconds)
+    def __enter__(self) -> _Deadline:
+        if self._scope is not None:
             self._scope.__enter__()
+        return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    ) -> bool:
         scope = self._scope
-        if scope is not None:
-            self._scope = None
-            scope.__exit__(kind, exc, tb)
-            if scope.cancelled_caught:  # our deadline passed: the Cancelled was ours
-                raise self._timeout_error(f"no progress within {self._seconds:g} s")
-        if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
-            raise self._error(str(exc) or type(exc).__name__) from exc
+        if scope is None:
+            return False
+        handled = scope.__exit__(kind, exc, tb)
+        self.expired = scope.cancelled_caught
+        return bool(handled)
+
+
+def _exchange_timeout(timeouts: dict[str, float | None]) -> float | None:
+    """httpx's per-phase timeouts as the one deadline of an exchange: the longer of the
+    write and read ones; None (no deadline) if either is unbounded."""
+    write, read = timeouts.get("write"), timeouts.get("read")
+    return None if write is None or read is None else max(write, read)
 
 
 def _default_port(scheme: str) -> int:

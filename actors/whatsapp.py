@@ -23,6 +23,7 @@ in a repr, an error or a log line (invariant 5).
 
 from __future__ import annotations
 
+import json
 import logging
 import random as random_module
 import re
@@ -31,11 +32,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
+from urllib.parse import urlencode
 
 import attrs
 import httpx
 import trio
 
+from actors.http1 import Http1Transport, Target
 from actors.whatsapp_rules import (
     BODY_LIMIT,
     EmptyMessage,
@@ -87,7 +90,8 @@ MAX_PAGES: Final = 20
 REMEMBERED_SIDS: Final = 4096
 _SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
 _ACCOUNT_SID = re.compile(r"^[A-Za-z0-9]+$")
-_HEADERS: Final = {"Accept": "application/json", "User-Agent": "aftercall (httpx)"}
+_HEADERS: Final = [(b"accept", b"application/json"), (b"user-agent", b"aftercall")]
+_FORM: Final = (b"content-type", b"application/x-www-form-urlencoded")
 
 T = TypeVar("T")
 
@@ -271,16 +275,17 @@ class WhatsAppSender:
     beyond the SIDs it created recently. The ``transport`` belongs to the caller (its
     lifetime is the composition root's), and ``random`` makes the jitter reproducible.
 
-    Requests go to the httpx transport directly, not through an ``httpx.AsyncClient``:
-    the client's layers (URL and header merging, the auth flow, redirects, a cookie jar
-    fed from every response) cost more CPU per message than the HTTP exchange itself, and
-    the sender needs none of them: one fixed Authorization header, no redirects, no
-    cookies. Timeouts travel with each request, as the client would put them there.
+    Requests go to the transport as bytes (`Http1Transport.request`), not through an
+    ``httpx.AsyncClient`` and not as httpx models: the client's layers (URL and header
+    merging, the auth flow, redirects, a cookie jar fed from every response) and the
+    models' parsing cost more CPU per message than the HTTP exchange itself, and the
+    sender needs none of them: one fixed Authorization header, one URL parsed once, no
+    redirects, no cookies.
     """
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        transport: Http1Transport,
         config: TwilioConfig,
         *,
         random: random_module.Random | None = None,
@@ -289,8 +294,8 @@ class WhatsAppSender:
         self._config = config
         self._random = random if random is not None else random_module.Random()
         credentials = f"{config.account_sid}:{config.auth_token}".encode()
-        self._headers = {**_HEADERS, "Authorization": "Basic " + b64encode(credentials).decode()}
-        self._timeout = httpx.Timeout(config.request_timeout).as_dict()
+        self._headers = [*_HEADERS, (b"authorization", b"Basic " + b64encode(credentials))]
+        self._messages = Target.of(config.messages_url)
         self._in_flight = trio.CapacityLimiter(config.max_concurrent_requests)
         self._own_order: deque[str] = deque()
         self._own: set[str] = set()
@@ -367,10 +372,10 @@ class WhatsAppSender:
         """
         if not _SID.match(sid):
             raise ValueError(f"{sid!r} is not a Twilio message SID")
-        url = self._config.message_url(sid)
+        target = Target.of(self._config.message_url(sid))
 
         async def once(_: bool) -> SentMessage:
-            payload = await self._request_json("fetch message", "GET", url)
+            payload = await self._request_json("fetch message", b"GET", target)
             return self._parse(payload, ambiguous=False)
 
         return await self._retrying(f"fetch {sid}", once)
@@ -427,9 +432,7 @@ class WhatsAppSender:
                 found = await self._created_meanwhile(phone, started, body, content_sid)
                 if found is not None:
                     return found
-            payload = await self._request_json(
-                "send message", "POST", self._config.messages_url, data=form
-            )
+            payload = await self._request_json("send message", b"POST", self._messages, data=form)
             return self._parse(payload, ambiguous=True)
 
         message = await self._retrying(f"send to {phone}", once)
@@ -497,7 +500,10 @@ class WhatsAppSender:
         for _ in range(max_pages):
             if url is None:
                 return messages
-            page = await self._request_json("list messages", "GET", url, params=query)
+            target = Target.of(url)
+            if query is not None:
+                target = target.with_query(urlencode(query).encode("ascii"))
+            page = await self._request_json("list messages", b"GET", target)
             if not isinstance(page, Mapping) or not isinstance(page.get("messages"), list):
                 raise _Retry("Twilio answered a listing without messages", ambiguous=False)
             messages.extend(page["messages"])
@@ -586,25 +592,27 @@ class WhatsAppSender:
     async def _request_json(
         self,
         operation: str,
-        method: str,
-        url: str,
+        method: bytes,
+        target: Target,
         *,
         data: Mapping[str, str] | None = None,
-        params: Mapping[str, str] | None = None,
     ) -> Any:
         """One request; the decoded JSON of a 2xx, else `_Retry` or `TwilioRejected`."""
         # A POST whose answer never came may have been processed; a refused connection
         # and an unsent request were not.
-        may_have_acted = method != "GET"
+        may_have_acted = method != b"GET"
         self._requests += 1
-        request = httpx.Request(
-            method, url, data=data, params=params, headers=self._headers,
-            extensions={"timeout": self._timeout},
-        )  # fmt: skip
+        headers = self._headers
+        body = b""
+        if data is not None:
+            body = urlencode(data).encode("ascii")
+            headers = [*headers, _FORM, (b"content-length", str(len(body)).encode())]
+        timeout = self._config.request_timeout
         try:
             async with self._in_flight:
-                response = await self._transport.handle_async_request(request)
-                await response.aread()
+                answer = await self._transport.request(
+                    method, target, headers, body, answer_within=timeout, connect_within=timeout
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _Retry(f"cannot connect ({_describe(exc)})", ambiguous=False) from exc
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError) as exc:
@@ -612,19 +620,19 @@ class WhatsAppSender:
         except httpx.TransportError as exc:
             raise _Retry(f"no answer ({_describe(exc)})", ambiguous=may_have_acted) from exc
 
-        status = response.status_code
-        text = response.text
+        status = answer.status
         if 200 <= status < 300:
             try:
-                return response.json()
+                return json.loads(answer.body)
             except ValueError:
                 raise _Retry(
                     f"HTTP {status} with a body that is not JSON", ambiguous=may_have_acted
                 ) from None
-        info = parse_error(status, text)
+        info = parse_error(status, answer.body.decode("utf-8", "replace"))
         self._last_error_code = info.code if info.code is not None else self._last_error_code
         summary = f"HTTP {status}" + (f", error {info.code}" if info.code is not None else "")
         if is_retryable_status(status):
+            retry_after = answer.header(b"retry-after")
             raise _Retry(
                 f"{summary}: {info.message}",
                 # Twilio documents 429s as not processed; a 5xx may have been half done.
@@ -632,7 +640,8 @@ class WhatsAppSender:
                 status=status,
                 code=info.code,
                 retry_after=parse_retry_after(
-                    response.headers.get("Retry-After"), datetime.now(UTC)
+                    None if retry_after is None else retry_after.decode("latin-1"),
+                    datetime.now(UTC),
                 ),
             )
         self._rejected += 1

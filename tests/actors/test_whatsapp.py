@@ -19,7 +19,6 @@ from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import attrs
-import httpx
 import pytest
 import trio
 from trio.testing import MockClock
@@ -141,7 +140,7 @@ async def _send_json(send: Any, status: int, payload: object) -> None:
 class World:
     twilio: TwilioStandIn
     receiver: Receiver
-    transport: httpx.AsyncBaseTransport
+    transport: Http1Transport
     api: ApiLog
 
     def config(self, **overrides: Any) -> TwilioConfig:
