@@ -24,6 +24,7 @@ from web.twilio_forms import (
     FormError,
     delivery_status,
     message_received,
+    parse_form,
     signature_is_valid,
 )
 
@@ -88,8 +89,12 @@ async def _signed_form(url: str) -> Form | Response:
         return _reject(400, "expected an application/x-www-form-urlencoded body")
     if request.content_length is not None and request.content_length > TWILIO_FORM_LIMIT:
         return _reject(413, f"a Twilio webhook form is at most {TWILIO_FORM_LIMIT} bytes")
-    raw = await request.form
-    form = Form({name: raw.getlist(name) for name in raw})
+    try:
+        form = parse_form(
+            await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        )
+    except FormError as exc:
+        return _reject(400, str(exc))
     if request.query_string:
         url = f"{url}?{request.query_string.decode('latin-1')}"
     if not signature_is_valid(system.settings.twilio_auth_token, url, form, signature):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from urllib.parse import parse_qsl
 
 import attrs
 from twilio.request_validator import RequestValidator
@@ -20,6 +21,8 @@ from events.conversation import DeliveryStatusChanged, MediaItem, MessageReceive
 #: Twilio documents inbound bodies of up to 1600 characters; leave room for odd encodings.
 MAX_BODY = 4096
 MAX_MEDIA = 10
+#: Twilio's forms have a few dozen fields; a form with hundreds is not Twilio's.
+MAX_FIELDS = 200
 #: Statuses Twilio reports in callbacks for outbound messages.
 KNOWN_STATUSES = frozenset(
     {
@@ -49,6 +52,32 @@ class Form:
         if value is None or value == "":
             raise FormError(f"missing {name}")
         return value
+
+
+def parse_form(body: bytes) -> Form:
+    """An ``application/x-www-form-urlencoded`` body, decoded as Twilio encodes it (UTF-8,
+    ``+`` for a space), every value of a repeated name kept.
+
+    A plain function over the bytes rather than the web framework's form parser: on the
+    hottest path of the service it is the difference between ~20 µs and ~200 µs, and the
+    signature check needs exactly the decoded pairs, nothing more.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormError("the form is not UTF-8 (Twilio sends UTF-8)") from None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError:
+        raise FormError(f"a Twilio form has at most {MAX_FIELDS} fields") from None
+    items: dict[str, list[str]] = {}
+    for name, value in pairs:
+        values = items.get(name)
+        if values is None:
+            items[name] = [value]
+        else:
+            values.append(value)
+    return Form(items)
 
 
 class _ValidatorParams(dict[str, list[str]]):

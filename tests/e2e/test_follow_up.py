@@ -231,6 +231,26 @@ async def test_an_oversized_twilio_form_is_413_and_nothing_is_appended(store: Ev
         assert await store.head() == head
 
 
+async def test_a_twilio_form_that_is_not_utf8_is_400_and_nothing_is_appended(
+    store: EventStore,
+) -> None:
+    import httpx
+
+    async with running_aftercall(store) as ac, httpx.AsyncClient() as http:
+        head = await store.head()
+        response = await http.post(
+            f"{ac.url}/webhooks/twilio/whatsapp",
+            content=b"Body=\xff&From=whatsapp%3A%2B15551234567",
+            headers={
+                "X-Twilio-Signature": "whatever",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        assert response.status_code == 400
+        assert "UTF-8" in response.json()["error"]
+        assert await store.head() == head
+
+
 async def test_health_and_readiness(store: EventStore) -> None:
     import httpx
 
