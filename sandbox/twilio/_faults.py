@@ -4,7 +4,7 @@ A fault is armed for the next N API requests, or for the requests about one phon
 ``To`` of a create, or the ``To`` filter of a list). The control API (``/_sandbox/…``) is
 never faulted, so a test can always disarm what it armed.
 
-Faults act in a thin ASGI layer in front of the Quart app because a dropped connection
+Faults act in a thin ASGI layer in front of the routes because a dropped connection
 cannot be expressed in plain ASGI: the layer asks the stand-ins' server to close the
 connection before any response byte is written (its ``aftercall.drop`` extension), which is
 what a client sees when a load balancer resets a connection.
@@ -28,7 +28,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-#: Loose on purpose: Quart's precise ASGI types are not assignable to a generic signature.
+#: Loose on purpose: precise ASGI types (Quart's, the router's) are not assignable to one signature.
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 _HTTP_ERRORS = {

@@ -68,6 +68,7 @@ def quart_app(started: list[str] | None = None) -> QuartTrio:
         )
         while True:
             message = await websocket.receive()
+            assert isinstance(message, str)
             if message == "close":
                 await websocket.close(4001, "asked to")
                 return None
@@ -234,11 +235,10 @@ async def test_a_websocket_app_that_fails_is_closed() -> None:
             await ws.send_message("fail")
             with pytest.raises(ConnectionClosed) as by_quart:
                 await ws.get_message()
-    async with serving(broken) as url:
-        async with open_ws(url.replace("http", "ws", 1)) as ws:
-            await ws.send_message("anything")
-            with pytest.raises(ConnectionClosed) as by_server:
-                await ws.get_message()
+    async with serving(broken) as url, open_ws(url.replace("http", "ws", 1)) as ws:
+        await ws.send_message("anything")
+        with pytest.raises(ConnectionClosed) as by_server:
+            await ws.get_message()
     assert by_quart.value.reason is not None
     assert by_quart.value.reason.code == 1000
     assert by_server.value.reason is not None
