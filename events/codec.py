@@ -18,7 +18,7 @@ import attrs
 import cattrs
 from cattrs.preconf.json import make_converter
 
-from events.store import InvalidEvent, NewEvent, RecordedEvent
+from events.store import JSON_ENCODER, InvalidEvent, NewEvent, RecordedEvent
 
 E = TypeVar("E")
 
@@ -74,6 +74,16 @@ def type_name(event: object) -> str:
 
 def to_data(event: object) -> dict[str, Any]:
     """The JSON object for an event instance."""
+    return _encoded(event)[0]
+
+
+def _encoded(event: object) -> tuple[dict[str, Any], str]:
+    """The event's JSON object and its compact JSON text.
+
+    Encoding the text proves the object is JSON now, not at the database: nothing
+    half-written later. The object is plain data by then, so the plain encoder does it
+    (the converter's own ``dumps`` would walk it through cattrs a second time).
+    """
     name = type_name(event)
     try:
         data = _converter.unstructure(event)
@@ -82,11 +92,10 @@ def to_data(event: object) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UnencodableEvent(f"{name} did not encode to a JSON object")
     try:
-        # Prove it is JSON now, not at the database: nothing half-written later.
-        _converter.dumps(data)
+        text = JSON_ENCODER.encode(data)
     except (TypeError, ValueError) as exc:
         raise UnencodableEvent(f"cannot encode {name}: {exc}") from exc
-    return data
+    return data, text
 
 
 def to_new_event(
@@ -96,11 +105,13 @@ def to_new_event(
     metadata: Mapping[str, Any] | None = None,
 ) -> NewEvent:
     """Wrap a domain event for the store (a random id unless the caller derives one)."""
+    data, text = _encoded(event)
     return NewEvent(
         type=type_name(event),
-        data=to_data(event),
+        data=data,
         event_id=event_id if event_id is not None else uuid.uuid4(),
         metadata=dict(metadata or {}),
+        encoded_data=text,
     )
 
 

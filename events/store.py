@@ -72,6 +72,10 @@ class StoreUnavailable(EventStoreError):
     """The database cannot be reached (at start-up, or for longer than the retry budget)."""
 
 
+#: One encoder for every event payload: ``json.dumps`` with options builds a new one per call.
+JSON_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 @attrs.frozen
 class NewEvent:
     """An event about to be appended: a type name, a JSON object, and its identity."""
@@ -80,6 +84,9 @@ class NewEvent:
     data: Mapping[str, Any]
     event_id: UUID = attrs.field(factory=uuid4)
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    #: ``data`` as compact JSON text, when whoever made the event encoded it already (the
+    #: codec does, to prove it is JSON): the store then does not encode it again.
+    encoded_data: str | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
 
 
 @attrs.frozen
@@ -242,8 +249,6 @@ async def tail(
         await store.wait_for_events(position)
 
 
-#: One encoder for every append: ``json.dumps`` with options builds a new one per call.
-_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def encode_payloads(stream: str, events: Sequence[NewEvent]) -> list[tuple[str, str]]:
@@ -255,8 +260,10 @@ def encode_payloads(stream: str, events: Sequence[NewEvent]) -> list[tuple[str, 
     payloads = []
     for event in events:
         try:
-            data = _JSON.encode(event.data)
-            metadata = _JSON.encode(dict(event.metadata)) if event.metadata else "{}"
+            data = event.encoded_data
+            if data is None:
+                data = JSON_ENCODER.encode(event.data)
+            metadata = JSON_ENCODER.encode(dict(event.metadata)) if event.metadata else "{}"
         except (TypeError, ValueError) as exc:
             raise InvalidEvent(
                 f"event {event.type} for {stream!r} cannot be stored as JSON: {exc}"

@@ -80,6 +80,29 @@ def test_unregistered_class_cannot_be_encoded() -> None:
         to_data(NotRegistered(1))
 
 
+def test_a_value_that_is_not_json_is_refused_when_the_event_is_made() -> None:
+    from events.conversation import AgentAnswered
+
+    answer = AgentAnswered("t1", "hi", float("nan"), datetime(2026, 1, 1, tzinfo=UTC))
+    with pytest.raises(UnencodableEvent, match="AgentAnswered"):
+        to_new_event(answer)
+
+
+def test_the_new_event_carries_its_json_text_for_the_store() -> None:
+    import json
+
+    from events.store import encode_payloads
+
+    event = to_new_event(SampleHappened("+1", 2, datetime(2026, 1, 1, tzinfo=UTC)))
+    assert event.encoded_data is not None
+    assert json.loads(event.encoded_data) == event.data
+    [(data, _)] = encode_payloads("sample-1", [event])
+    assert data == event.encoded_data
+    # A NewEvent made by hand is encoded by the store itself, to the same text.
+    [(by_hand, _)] = encode_payloads("sample-1", [attrs.evolve(event, encoded_data=None)])
+    assert by_hand == data
+
+
 def test_registering_a_non_attrs_class_fails() -> None:
     class Plain:
         pass
