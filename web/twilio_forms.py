@@ -8,6 +8,8 @@ notice, so unknown ones are accepted (and covered by the signature).
 
 from __future__ import annotations
 
+import functools
+import hmac
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from urllib.parse import parse_qsl
@@ -88,9 +90,23 @@ class _ValidatorParams(dict[str, list[str]]):
 
 
 def signature_is_valid(auth_token: str, url: str, form: Form, signature: str) -> bool:
-    """Twilio's HMAC-SHA1 over the URL it called plus the sorted parameters."""
+    """Twilio's HMAC-SHA1 over the URL it called plus the sorted parameters.
+
+    twilio-python's ``validate`` computes two signatures every time (the URL with and
+    without its port: "sig generation on back end is inconsistent"). The URL exactly as
+    configured is tried first, with the library's own ``compute_signature``; a match there
+    is a match ``validate`` would find too. Only a mismatch pays for the full check.
+    """
     params = _ValidatorParams({name: list(values) for name, values in form.items.items()})
-    return bool(RequestValidator(auth_token).validate(url, params, signature))
+    validator = _validator(auth_token)
+    if hmac.compare_digest(validator.compute_signature(url, params), signature):
+        return True
+    return bool(validator.validate(url, params, signature))
+
+
+@functools.lru_cache(maxsize=4)
+def _validator(auth_token: str) -> RequestValidator:
+    return RequestValidator(auth_token)
 
 
 def message_received(form: Form, now: datetime) -> MessageReceived:

@@ -53,3 +53,12 @@ def test_too_many_fields_is_a_form_error() -> None:
     with pytest.raises(FormError, match=f"at most {MAX_FIELDS} fields"):
         parse_form(body)
     assert len(parse_form(body.rsplit(b"&", 1)[0]).items) == MAX_FIELDS
+
+
+def test_a_signature_made_for_the_url_with_its_port_is_valid_too() -> None:
+    """Twilio signs some URLs with the port and some without; both are accepted."""
+    params = {"Body": "hi", "MessageSid": "SM" + "c" * 32}
+    form = parse_form(urlencode(params).encode())
+    with_port = sign(TOKEN, "https://aftercall.example:443/webhooks/twilio/whatsapp", params)
+    assert signature_is_valid(TOKEN, URL, form, with_port)
+    assert not signature_is_valid(TOKEN, URL, form, sign("x" * 32, URL, params))
