@@ -231,6 +231,43 @@ async def test_projections_keep_up_while_appends_happen_concurrently(
     assert await snapshot(models) == live
 
 
+async def test_a_failing_projection_is_set_aside_and_never_holds_the_others_back(
+    store: EventStore, models: ReadModels
+) -> None:
+    """The live runner reads each page once for all projections; one whose rule raises is
+    retried alone, with backoff, while the others follow the log to its head."""
+    from projections.conversations import CONVERSATIONS_PROJECTION
+    from projections.model import Projection, Rule, Table, columns
+
+    def boom(_rows: Any, _subject: str, _record: Any) -> None:
+        raise RuntimeError("boom: a broken rule")
+
+    broken = Projection(
+        name="broken_metrics",
+        version=1,
+        tables=(Table("broken_rows", columns("phone text, n int"), key=("phone",)),),
+        rules={"ReplyRequested": Rule(apply=boom)},
+    )
+    sound = (HISTORY, CONVERSATIONS_PROJECTION)
+    runner = ProjectionRunner(store, models, (*sound, broken), page_size=200)
+    appends = _log(60, seed=8)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            await append_all(store, appends, writers=4)
+            head = await store.head()
+            await runner.wait_until(head, [p.name for p in sound])
+            stats = {s.name: s for s in runner.statistics()}
+            nursery.cancel_scope.cancel()
+    assert stats["broken_metrics"].last_error is not None
+    assert "boom" in stats["broken_metrics"].last_error
+    assert (stats["broken_metrics"].position or 0) < head
+    assert all(stats[p.name].last_error is None and stats[p.name].position == head for p in sound)
+    live = await snapshot(models, sound)
+    await rebuild(store, models, sound)
+    assert await snapshot(models, sound) == live
+
+
 async def test_a_rebuild_swaps_in_while_the_live_runner_follows(
     store: EventStore, models: ReadModels
 ) -> None:
