@@ -62,6 +62,7 @@ import attrs
 import httpx
 import trio
 
+from benchmarks._speed import probe, slowdown
 from events.calls import CallCompleted, call_event_id
 from events.codec import to_new_event
 from events.conversation import phone_stream
@@ -94,6 +95,23 @@ class RunResult:
     load_cpu_seconds: float = 0.0
     postgres_cpu_seconds: float = 0.0
     stages: dict[str, list[float]] = attrs.Factory(dict)
+    #: How much slower than `benchmarks._speed.REFERENCE_US` the machine ran (1.0: as fast).
+    slowdown: float = 0.0
+
+    def cpu_ms_per_message(self) -> tuple[float, float, float]:
+        """aftercall, stand-ins and users, PostgreSQL."""
+        n = max(self.answered, 1)
+        return (
+            1000 * self.cpu_seconds / n,
+            1000 * self.load_cpu_seconds / n,
+            1000 * self.postgres_cpu_seconds / n,
+        )
+
+    def cpu_ceiling(self) -> float:
+        """Messages per second the machine's cores could carry at this CPU per message,
+        every core busy: what the closed loop can reach at best."""
+        total = sum(self.cpu_ms_per_message())
+        return 1000 * (os.cpu_count() or 1) / total if total else float("nan")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -185,6 +203,7 @@ async def run_once(
                 for phone in phones:
                     await tw.wait_received(phone, 1)
             sent = 0
+            speed_before = probe()
             deadline = trio.current_time() + seconds
             started = time.monotonic()
             cpu_before = _cpu_seconds(server.pid)
@@ -214,6 +233,7 @@ async def run_once(
             cpu_used = _cpu_seconds(server.pid) - cpu_before
             load_used = time.process_time() - load_before
             postgres_used = _postgres_cpu_seconds() - postgres_before
+            speed_after = probe()
         finally:
             os.killpg(server.pid, signal.SIGINT if profile else signal.SIGTERM)
             server.wait(60)
@@ -222,6 +242,7 @@ async def run_once(
     result.cpu_seconds = cpu_used
     result.load_cpu_seconds = load_used
     result.postgres_cpu_seconds = postgres_used
+    result.slowdown = slowdown(speed_before, speed_after)
     if profile and profile_path.exists():
         result.profile = _top_frames(profile_path) + f"\n  (raw profile: {profile_path})"
     return result
@@ -392,12 +413,15 @@ def main() -> None:
               f"{_pct(r.agent_ms, 0.5):>8.1f}ms {r.duplicates:>4} {r.unanswered:>5} "
               f"{r.phones_received:>9} "
             f"{1000 * r.cpu_seconds / max(r.answered, 1):>6.2f}ms")  # fmt: skip
-    print(f"\nCPU per answered message, by process ({os.cpu_count()} cores shared):")
+    print(f"\nCPU per answered message, by process ({os.cpu_count()} cores shared), the "
+          "ceiling those cores set at that CPU,\nand the machine's speed "
+          "(benchmarks/_speed.py):")  # fmt: skip
     for r in results:
-        n = max(r.answered, 1)
-        print(f"{r.conversations:>13}  aftercall {1000 * r.cpu_seconds / n:.2f} ms  "
-              f"stand-ins and users {1000 * r.load_cpu_seconds / n:.2f} ms  "
-              f"PostgreSQL {1000 * r.postgres_cpu_seconds / n:.2f} ms")  # fmt: skip
+        ours, load, postgres = r.cpu_ms_per_message()
+        print(f"{r.conversations:>13}  aftercall {ours:.2f} ms  "
+              f"stand-ins and users {load:.2f} ms  PostgreSQL {postgres:.2f} ms  "
+              f"-> ceiling {r.cpu_ceiling():.0f} msg/s  "
+              f"(machine {r.slowdown:.2f}x slower than its quick minutes)")  # fmt: skip
     print("\nadded latency by stage, p50 / p99 (webhook -> actor asks; turn overhead; "
           "answered -> Twilio request):")  # fmt: skip
     for r in results:

@@ -385,9 +385,9 @@ class ProjectionRunner:
                 continue
             for follower in group:
                 self._succeeded(follower)
-            if more or any(f.position != start for f in ready):
+            if more or len({f.position for f in ready}) > 1:
                 continue  # a full page, or others to catch up with: read on at once
-            await self._wait_for_news(start)
+            await self._wait_for_news(group[0].position or start)
 
     async def _wait_for_news(self, position: int) -> None:
         """Until the log passes ``position`` (plus ``live_interval`` for commits to gather),
