@@ -31,8 +31,16 @@ The Twilio stand-in delivers the users' webhooks over at most ``--webhook-connec
 (64) connections at once, through the same lean HTTP/1.1 transport aftercall uses for
 Twilio (`actors.http1`). With httpx's default pool, which scans every pooled connection
 for every request, this process spent a third more CPU per message at 64 connections than
-at 8, and at 8 the users queued for a connection. The CPU table says what each process
-spent per answered message: all three share the machine's cores.
+at 8, and at 8 the users queued for a connection. The stand-ins are served by their own
+small server (`sandbox._standin_server`), not Hypercorn, and the Twilio stand-in's routes
+by a small router, not Quart: this process's CPU is taken from the same cores aftercall
+is measured on.
+
+The CPU table says what each process spent per answered message; all three share the
+machine's cores, so the cores divided by their sum is the ceiling of the closed loop
+(printed beside it). The machine's speed is probed before and after each row
+(`benchmarks._speed`): these VMs run up to twice as slow for minutes at a time, and a row
+is only comparable with rows taken at a similar speed.
 
 The baseline printed beside it is the machine's ceiling for the webhook alone
 (../shared/notes/stack.md: a bare signed-webhook handler under Hypercorn tops out near
