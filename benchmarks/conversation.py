@@ -105,6 +105,8 @@ class RunResult:
     stages: dict[str, list[float]] = attrs.Factory(dict)
     #: How much slower than `benchmarks._speed.REFERENCE_US` the machine ran (1.0: as fast).
     slowdown: float = 0.0
+    #: Share of the machine's CPU time in use over the window (all processes, /proc/stat).
+    busy: float = 0.0
 
     def cpu_ms_per_message(self) -> tuple[float, float, float]:
         """aftercall, stand-ins and users, PostgreSQL."""
@@ -144,6 +146,12 @@ def _cpu_seconds_of(stat: str, *, children: bool = False) -> float:
     fields = stat.rsplit(")", 1)[1].split()  # utime stime cutime cstime from field 11
     ticks = sum(int(value) for value in fields[11 : 15 if children else 13])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_times() -> list[int]:
+    """The machine's CPU time so far by kind (user, nice, system, idle, ...), in ticks."""
+    with open("/proc/stat") as stat:
+        return [int(value) for value in stat.readline().split()[1:]]
 
 
 def _psql(dsn: str, sql: str) -> None:
@@ -217,6 +225,7 @@ async def run_once(
             cpu_before = _cpu_seconds(server.pid)
             load_before = time.process_time()
             postgres_before = _postgres_cpu_seconds()
+            machine_before = _machine_times()
 
             pace = random.Random(conversations)
 
@@ -241,6 +250,7 @@ async def run_once(
             cpu_used = _cpu_seconds(server.pid) - cpu_before
             load_used = time.process_time() - load_before
             postgres_used = _postgres_cpu_seconds() - postgres_before
+            machine_after = _machine_times()
             speed_after = probe()
         finally:
             os.killpg(server.pid, signal.SIGINT if profile else signal.SIGTERM)
@@ -251,6 +261,8 @@ async def run_once(
     result.load_cpu_seconds = load_used
     result.postgres_cpu_seconds = postgres_used
     result.slowdown = slowdown(speed_before, speed_after)
+    total = sum(machine_after) - sum(machine_before)
+    result.busy = 1 - (machine_after[3] - machine_before[3]) / total if total else 0.0
     if profile and profile_path.exists():
         result.profile = _top_frames(profile_path) + f"\n  (raw profile: {profile_path})"
     return result
@@ -428,8 +440,8 @@ def main() -> None:
         ours, load, postgres = r.cpu_ms_per_message()
         print(f"{r.conversations:>13}  aftercall {ours:.2f} ms  "
               f"stand-ins and users {load:.2f} ms  PostgreSQL {postgres:.2f} ms  "
-              f"-> ceiling {r.cpu_ceiling():.0f} msg/s  "
-              f"(machine {r.slowdown:.2f}x slower than its quick minutes)")  # fmt: skip
+              f"-> ceiling {r.cpu_ceiling():.0f} msg/s; machine {100 * r.busy:.0f}% busy, "
+              f"{r.slowdown:.2f}x slower than its quick minutes")  # fmt: skip
     print("\nadded latency by stage, p50 / p99 (webhook -> actor asks; turn overhead; "
           "answered -> Twilio request):")  # fmt: skip
     for r in results:
