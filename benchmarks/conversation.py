@@ -38,14 +38,16 @@ is measured on.
 
 The CPU table says what each process spent per answered message; all three share the
 machine's cores, so the cores divided by their sum is the ceiling of the closed loop
-(printed beside it). The machine's speed is probed before and after each row
-(`benchmarks._speed`): these VMs run up to twice as slow for minutes at a time, and a row
-is only comparable with rows taken at a similar speed.
+(printed beside it), with how busy the machine was.
 
-The baseline printed beside it is the machine's ceiling for the webhook alone
-(../shared/notes/stack.md: a bare signed-webhook handler under Hypercorn tops out near
-1,570 requests/s): every message costs aftercall that, plus a Twilio request, plus a
-WebSocket turn.
+The baseline is the machine's ceiling for the webhook alone, measured just before each
+row (`benchmarks.bare_webhook`: the bare signed-webhook handler of
+../shared/notes/stack.md, which noted ~1,570 requests/s on the machine the floors were set
+on). Every message costs aftercall that handler's work, plus a Twilio request, a WebSocket
+turn and three appends. These VMs' speed differs by up to twice between machines and
+between minutes, so each row also says what it is as a share of the baseline measured
+beside it, and what that share is on stack.md's machine: its messages per second scaled
+by 1,570 / the baseline now.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ import attrs
 import httpx
 import trio
 
-from benchmarks._speed import probe, slowdown
+from benchmarks.bare_webhook import NOTED_CEILING, Baseline, mean_baseline
+from benchmarks.bare_webhook import describe as describe_baseline
+from benchmarks.bare_webhook import measure as measure_baseline
 from events.calls import CallCompleted, call_event_id
 from events.codec import to_new_event
 from events.conversation import phone_stream
@@ -83,7 +87,6 @@ from sandbox.twilio import TwilioStandIn, serve_twilio
 ROOT = Path(__file__).resolve().parents[1]
 BASE_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 BENCH_DB = "aftercall_bench"
-WEBHOOK_CEILING = 1570  # requests/s, bare signed webhook handler (notes/stack.md)
 
 
 @attrs.define
@@ -103,8 +106,8 @@ class RunResult:
     load_cpu_seconds: float = 0.0
     postgres_cpu_seconds: float = 0.0
     stages: dict[str, list[float]] = attrs.Factory(dict)
-    #: How much slower than `benchmarks._speed.REFERENCE_US` the machine ran (1.0: as fast).
-    slowdown: float = 0.0
+    #: The bare webhook handler's ceiling, measured just before this row.
+    baseline: Baseline | None = None
     #: Share of the machine's CPU time in use over the window (all processes, /proc/stat).
     busy: float = 0.0
 
@@ -219,7 +222,6 @@ async def run_once(
                 for phone in phones:
                     await tw.wait_received(phone, 1)
             sent = 0
-            speed_before = probe()
             deadline = trio.current_time() + seconds
             started = time.monotonic()
             cpu_before = _cpu_seconds(server.pid)
@@ -251,7 +253,6 @@ async def run_once(
             load_used = time.process_time() - load_before
             postgres_used = _postgres_cpu_seconds() - postgres_before
             machine_after = _machine_times()
-            speed_after = probe()
         finally:
             os.killpg(server.pid, signal.SIGINT if profile else signal.SIGTERM)
             server.wait(60)
@@ -260,7 +261,6 @@ async def run_once(
     result.cpu_seconds = cpu_used
     result.load_cpu_seconds = load_used
     result.postgres_cpu_seconds = postgres_used
-    result.slowdown = slowdown(speed_before, speed_after)
     total = sum(machine_after) - sum(machine_before)
     result.busy = 1 - (machine_after[3] - machine_before[3]) / total if total else 0.0
     if profile and profile_path.exists():
@@ -400,26 +400,29 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     for n in args.conversations:
+        before = trio.run(measure_baseline)
         dsn = _fresh_database(args.dsn)
-        results.append(
-            trio.run(
-                run_once,
-                n,
-                args.seconds,
-                dsn,
-                args.status_callbacks,
-                args.profile,
-                args.think,
-                args.webhook_connections,
-            )
+        result = trio.run(
+            run_once,
+            n,
+            args.seconds,
+            dsn,
+            args.status_callbacks,
+            args.profile,
+            args.think,
+            args.webhook_connections,
         )
+        result.baseline = mean_baseline(before, trio.run(measure_baseline))
+        results.append(result)
     print(
         f"\naftercall conversation benchmark (PostgreSQL, status callbacks "
         f"{'on' if args.status_callbacks else 'off'}, {args.seconds:g} s per row, "
         f"think time {args.think:g} s, {args.webhook_connections} webhook connections)"
     )
-    print(f"baseline: bare signed webhook handler ceiling on this machine "
-          f"~{WEBHOOK_CEILING} req/s")  # fmt: skip
+    for r in results:
+        if r.baseline is not None:
+            print(f"baseline around the {r.conversations}-conversation row: "
+                  f"{describe_baseline(r.baseline)}")  # fmt: skip
     header = (
         f"{'conversations':>13} {'msgs/s':>8} {'answered':>9} {'added p50':>10} "
         f"{'added p99':>10} {'agent p50':>10} {'dup':>4} {'lost':>5} {'at phones':>9} "
@@ -433,15 +436,25 @@ def main() -> None:
               f"{_pct(r.agent_ms, 0.5):>8.1f}ms {r.duplicates:>4} {r.unanswered:>5} "
               f"{r.phones_received:>9} "
             f"{1000 * r.cpu_seconds / max(r.answered, 1):>6.2f}ms")  # fmt: skip
-    print(f"\nCPU per answered message, by process ({os.cpu_count()} cores shared), the "
-          "ceiling those cores set at that CPU,\nand the machine's speed "
-          "(benchmarks/_speed.py):")  # fmt: skip
+    print("\nmessages per second against the baseline (the webhook handler alone, measured "
+          "just before and\njust after each row, the mean), and scaled to stack.md's "
+          "machine (x 1,570 / that baseline):")  # fmt: skip
+    for r in results:
+        if r.baseline is None:
+            continue
+        rate = r.answered / r.seconds
+        ratio = rate / r.baseline.requests_per_second
+        print(f"{r.conversations:>13}  {rate:.0f} msg/s = {100 * ratio:.1f}% of "
+              f"{r.baseline.requests_per_second:,.0f} req/s  ->  {ratio * NOTED_CEILING:.0f} "
+              f"msg/s on stack.md's machine")  # fmt: skip
+    print(f"\nCPU per answered message, by process ({os.cpu_count()} cores shared), and the "
+          "ceiling those cores set at that CPU:")  # fmt: skip
     for r in results:
         ours, load, postgres = r.cpu_ms_per_message()
         print(f"{r.conversations:>13}  aftercall {ours:.2f} ms  "
               f"stand-ins and users {load:.2f} ms  PostgreSQL {postgres:.2f} ms  "
-              f"-> ceiling {r.cpu_ceiling():.0f} msg/s; machine {100 * r.busy:.0f}% busy, "
-              f"{r.slowdown:.2f}x slower than its quick minutes")  # fmt: skip
+              f"-> ceiling {r.cpu_ceiling():.0f} msg/s; "
+              f"machine {100 * r.busy:.0f}% busy")  # fmt: skip
     print("\nadded latency by stage, p50 / p99 (webhook -> actor asks; turn overhead; "
           "answered -> Twilio request):")  # fmt: skip
     for r in results:
