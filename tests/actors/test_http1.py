@@ -15,7 +15,7 @@ import trio
 import trustme
 from trio.testing import MockClock
 
-from actors.http1 import KEEPALIVE_EXPIRY, Http1Transport
+from actors.http1 import KEEPALIVE_EXPIRY, Http1Transport, Target
 from tests.watched import Watched
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
@@ -194,6 +194,47 @@ async def test_a_silent_server_is_a_read_timeout_and_the_connection_is_dropped(
             await http.post(server.url, data={"Body": "hi"}, timeout=2)
         assert (await http.get(server.url)).status_code == 200
     assert server.connections == 2
+
+
+async def test_an_answer_trickling_in_past_its_deadline_is_a_read_timeout(
+    autojump_clock: MockClock,
+) -> None:
+    """One deadline for the whole exchange: each byte comes well within the time allowed,
+    the answer as a whole does not."""
+
+    slow = iter([True, False])
+
+    async def trickle_once(stream: Stream, request: bytes) -> bool:
+        if not next(slow):
+            return await answer_ok(stream, request)
+        for byte in OK:
+            await stream.send_all(bytes([byte]))
+            await trio.sleep(0.5)
+        return True
+
+    async with serving(trickle_once) as server, Http1Transport() as transport:
+        target = Target.of(server.url)
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.request(b"GET", target, [], answer_within=5)
+        assert (await transport.request(b"GET", target, [], answer_within=5)).status == 200
+    assert server.connections == 2  # the interrupted connection was not used again
+
+
+async def test_the_lean_request_answers_status_headers_and_body() -> None:
+    async with serving(answer_ok) as server, Http1Transport() as transport:
+        target = Target.of(server.url + "/somewhere?x=1")
+        answer = await transport.request(
+            b"POST", target, [(b"content-length", b"2")], b"hi", answer_within=5
+        )
+        again = await transport.request(b"GET", target.with_query(b"y=2"), [], answer_within=5)
+    assert (answer.status, answer.body) == (200, b'{"ok":true}')
+    assert answer.header(b"content-type") == b"application/json"
+    assert answer.header(b"missing") is None
+    assert again.status == 200
+    assert server.connections == 1
+    assert server.requests[0].startswith(b"POST /somewhere?x=1 HTTP/1.1\r\nhost: 127.0.0.1:")
+    assert server.requests[0].endswith(b"\r\n\r\nhi")
+    assert server.requests[1].startswith(b"GET /somewhere?y=2 HTTP/1.1\r\n")
 
 
 async def test_garbage_is_a_remote_protocol_error() -> None:
