@@ -72,8 +72,9 @@ def sign(auth_token: str, url: str, params: Mapping[str, str] | Iterable[tuple[s
     Goes through twilio-python's own ``RequestValidator`` so the stand-in signs exactly as
     the library the app validates with; a MultiDict keeps repeated names (``MediaUrl``).
     """
-    items = params.items() if isinstance(params, Mapping) else params
-    return str(RequestValidator(auth_token).compute_signature(url, MultiDict(list(items))))
+    if isinstance(params, Mapping):  # one value per name: the library takes the dict itself
+        return str(RequestValidator(auth_token).compute_signature(url, dict(params)))
+    return str(RequestValidator(auth_token).compute_signature(url, MultiDict(list(params))))
 
 
 # --------------------------------------------------------------------------- create
