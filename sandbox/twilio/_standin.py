@@ -25,6 +25,7 @@ from sandbox.twilio._faults import ASGIApp, Fault, FaultPlan, faulting
 from sandbox.twilio._protocol import (
     CreateRequest,
     TwimlError,
+    TwimlReply,
     e164,
     inbound_params,
     messages_path,
@@ -213,9 +214,9 @@ class TwilioStandIn:
         token = str(uuid.uuid4())
         url = self.webhook_url
         for _ in range(2 if duplicate else 1):
-            answer = await self._post(http, "inbound", url, params, sid, token, bad_signature)
-            if answer is not None:
-                self._record_replies(user, answer)
+            replies = await self._post(http, "inbound", url, params, sid, token, bad_signature)
+            if replies:
+                self._record_replies(user, replies)
         return sid
 
     # ------------------------------------------------------------------ used by the server
@@ -266,9 +267,9 @@ class TwilioStandIn:
         if arrived is not None:
             arrived.set()
 
-    def _record_replies(self, user: str, answer: str) -> None:
+    def _record_replies(self, user: str, replies: Sequence[TwimlReply]) -> None:
         _, nursery = self._serving()
-        for reply in parse_twiml(answer):
+        for reply in replies:
             now = self.clock.wall()
             record = MessageRecord(
                 sid=new_sid("MM" if reply.media_urls else "SM"),
@@ -345,8 +346,8 @@ class TwilioStandIn:
         sid: str,
         idempotency_token: str,
         bad_signature: bool,
-    ) -> str | None:
-        """POST a signed form the way Twilio does; returns the answer's text if usable.
+    ) -> list[TwimlReply] | None:
+        """POST a signed form the way Twilio does; returns the answer's TwiML replies if usable.
 
         One retry after a failed connection (Twilio's default ``rc=1``, ``rp=ct``); the
         outcome is recorded in ``deliveries`` with the debugger code Twilio would log.
@@ -387,9 +388,9 @@ class TwilioStandIn:
             else:
                 code = None
             break
-        answer: str | None = None
+        replies: list[TwimlReply] | None = None
         if response is not None:
-            code, answer = _judge(kind, response)
+            code, replies = _judge(kind, response)
         self.deliveries.append(
             Delivery(
                 kind=kind,
@@ -400,23 +401,21 @@ class TwilioStandIn:
                 debugger_code=code,
             )
         )
-        return answer
+        return replies
 
 
-def _judge(kind: str, response: Answer) -> tuple[int | None, str | None]:
-    """The debugger code for an answer, and the TwiML text worth reading (inbound only)."""
+def _judge(kind: str, response: Answer) -> tuple[int | None, list[TwimlReply] | None]:
+    """The debugger code for an answer, and the TwiML replies in it (inbound only)."""
     if response.status >= 400:
         return 11217, None
     if kind == "status" or response.status == 204:
         return None, None
     if not response.header(b"content-type"):
         return 12300, None
-    text = response.body.decode("utf-8", "replace")
     try:
-        parse_twiml(text)
+        return None, parse_twiml(response.body.decode("utf-8", "replace"))
     except TwimlError:
         return 12100, None
-    return None, text
 
 
 @asynccontextmanager
