@@ -24,7 +24,6 @@ import argparse
 import os
 import signal
 import subprocess
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -32,14 +31,15 @@ from typing import Any
 from urllib.parse import urlencode
 
 import attrs
-import httpx
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from twilio.request_validator import RequestValidator
 
 from actors.http1 import Http1Transport, Target
+from benchmarks._processes import cpu_seconds, hypercorn_command, wait_until_answering
 from sandbox.environment import free_port
+from sandbox.twilio._protocol import inbound_params
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What stack.md measured for this handler (requests/s).
@@ -65,15 +65,11 @@ async def webhook() -> Response:
 
 
 def _form(index: int) -> dict[str, str]:
-    """A 15-field inbound WhatsApp form, as Twilio posts it."""
-    sid = f"SM{index:032x}"
-    return {
-        "SmsMessageSid": sid, "NumMedia": "0", "ProfileName": "Bench", "MessageType": "text",
-        "SmsSid": sid, "WaId": "15557000001", "SmsStatus": "received",
-        "Body": f"question {index}", "To": "whatsapp:+14155238886", "NumSegments": "1",
-        "ReferralNumMedia": "0", "MessageSid": sid, "AccountSid": "AC" + "0" * 32,
-        "From": "whatsapp:+15557000001", "ApiVersion": "2010-04-01",
-    }  # fmt: skip
+    """A 15-field inbound WhatsApp form, as the Twilio stand-in posts it."""
+    return inbound_params(
+        sid=f"SM{index:032x}", account_sid="AC" + "0" * 32, from_phone="+15557000001",
+        to="whatsapp:+14155238886", body=f"question {index}", profile_name="Bench",
+    )  # fmt: skip
 
 
 @attrs.frozen
@@ -100,8 +96,7 @@ def mean_baseline(before: Baseline, after: Baseline) -> Baseline:
 async def measure(seconds: float = 8.0, connections: int = 32) -> Baseline:
     """Serve the handler under ``hypercorn -k trio`` and load it for ``seconds``."""
     port = free_port()
-    command = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "0",
-               "--bind", f"127.0.0.1:{port}", "benchmarks.bare_webhook:app"]  # fmt: skip
+    command = hypercorn_command("benchmarks.bare_webhook:app", port)
     server = await trio.to_thread.run_sync(
         partial(
             subprocess.Popen, command, cwd=ROOT, start_new_session=True,
@@ -113,7 +108,7 @@ async def measure(seconds: float = 8.0, connections: int = 32) -> Baseline:
     validator = RequestValidator(TOKEN)
     try:
         async with Http1Transport(max_idle_per_origin=connections) as transport:
-            await _wait_up(transport, target)
+            await wait_until_answering(url)
             done = 0
             refused = 0
 
@@ -142,33 +137,18 @@ async def measure(seconds: float = 8.0, connections: int = 32) -> Baseline:
                 for offset in range(connections):
                     nursery.start_soon(client, offset, warm_until)
             done = refused = 0
-            cpu_before = _cpu_seconds(server.pid)
+            cpu_before = cpu_seconds(server.pid)
             started = time.monotonic()
             until = trio.current_time() + seconds
             async with trio.open_nursery() as nursery:
                 for offset in range(connections):
                     nursery.start_soon(client, offset, until)
             elapsed = time.monotonic() - started
-            cpu_used = _cpu_seconds(server.pid) - cpu_before
+            cpu_used = cpu_seconds(server.pid) - cpu_before
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         await trio.to_thread.run_sync(server.wait, 30)
     return Baseline(done / elapsed, refused, 1000 * cpu_used / max(done, 1))
-
-
-async def _wait_up(transport: Http1Transport, target: Target) -> None:
-    with trio.fail_after(60):
-        while True:
-            try:
-                await transport.request(b"GET", target, [], answer_within=5)
-                return
-            except httpx.TransportError:
-                await trio.sleep(0.1)  # a process we started: nothing else can tell us
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def describe(baseline: Baseline) -> str:

@@ -58,7 +58,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -69,9 +68,15 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
 import trio
 
+from benchmarks._processes import (
+    cpu_seconds,
+    hypercorn_command,
+    machine_times,
+    postgres_cpu_seconds,
+    wait_until_answering,
+)
 from benchmarks.bare_webhook import NOTED_CEILING, Baseline, mean_baseline
 from benchmarks.bare_webhook import describe as describe_baseline
 from benchmarks.bare_webhook import measure as measure_baseline
@@ -127,36 +132,6 @@ class RunResult:
         return 1000 * (os.cpu_count() or 1) / total if total else float("nan")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children so far (Linux /proc)."""
-    return _cpu_seconds_of(Path(f"/proc/{pid}/stat").read_text(), children=True)
-
-
-def _postgres_cpu_seconds() -> float:
-    """CPU of every PostgreSQL process on the machine so far (its backends included)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # gone meanwhile
-            continue
-        if "(postgres)" in text:
-            total += _cpu_seconds_of(text)
-    return total
-
-
-def _cpu_seconds_of(stat: str, *, children: bool = False) -> float:
-    fields = stat.rsplit(")", 1)[1].split()  # utime stime cutime cstime from field 11
-    ticks = sum(int(value) for value in fields[11 : 15 if children else 13])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_times() -> list[int]:
-    """The machine's CPU time so far by kind (user, nice, system, idle, ...), in ticks."""
-    with open("/proc/stat") as stat:
-        return [int(value) for value in stat.readline().split()[1:]]
-
-
 def _psql(dsn: str, sql: str) -> None:
     subprocess.run(["psql", dsn, "-qAtc", sql], check=True, capture_output=True, timeout=120)
 
@@ -165,18 +140,6 @@ def _fresh_database(base_dsn: str) -> str:
     _psql(base_dsn, f"DROP DATABASE IF EXISTS {BENCH_DB}")
     _psql(base_dsn, f"CREATE DATABASE {BENCH_DB}")
     return base_dsn.rsplit("/", 1)[0] + "/" + BENCH_DB
-
-
-async def _wait_ready(url: str) -> None:
-    async with httpx.AsyncClient() as http:
-        with trio.fail_after(60):
-            while True:
-                try:
-                    if (await http.get(f"{url}/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.1)  # a process we started: nothing else can tell us
 
 
 async def run_once(
@@ -200,8 +163,7 @@ async def run_once(
             **stand_in_environment(el, tw, public),
             "DATABASE_URL": dsn,
         }
-        command = [sys.executable, "-m", "hypercorn", "-k", "trio", "-w", "0",
-                   "--bind", f"127.0.0.1:{port}", "web.app:app"]  # fmt: skip
+        command = hypercorn_command("web.app:app", port)
         profile_path = Path(tempfile.mkdtemp()) / "profile.txt"
         if profile and shutil.which("py-spy"):
             command = ["py-spy", "record", "--format", "raw", "--rate", "200",
@@ -215,7 +177,7 @@ async def run_once(
             )
         )  # fmt: skip
         try:
-            await _wait_ready(public)
+            await wait_until_answering(f"{public}/readyz", lambda status: status == 200)
             # Warm-up: aftercall resumes the calls at start-up, sends each first message and
             # opens each agent session; the measurement starts once every phone has it.
             with trio.fail_after(120):
@@ -224,10 +186,10 @@ async def run_once(
             sent = 0
             deadline = trio.current_time() + seconds
             started = time.monotonic()
-            cpu_before = _cpu_seconds(server.pid)
+            cpu_before = cpu_seconds(server.pid)
             load_before = time.process_time()
-            postgres_before = _postgres_cpu_seconds()
-            machine_before = _machine_times()
+            postgres_before = postgres_cpu_seconds()
+            machine_before = machine_times()
 
             pace = random.Random(conversations)
 
@@ -249,10 +211,10 @@ async def run_once(
                 for phone in phones:
                     nursery.start_soon(user, phone)
             elapsed = time.monotonic() - started
-            cpu_used = _cpu_seconds(server.pid) - cpu_before
+            cpu_used = cpu_seconds(server.pid) - cpu_before
             load_used = time.process_time() - load_before
-            postgres_used = _postgres_cpu_seconds() - postgres_before
-            machine_after = _machine_times()
+            postgres_used = postgres_cpu_seconds() - postgres_before
+            machine_after = machine_times()
         finally:
             os.killpg(server.pid, signal.SIGINT if profile else signal.SIGTERM)
             server.wait(60)

@@ -115,14 +115,9 @@ class Router:
             return
         if scope["type"] != "http":
             raise ValueError(f"the router serves HTTP only, not {scope['type']!r}")
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before its request was whole
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
+        if body is None:
+            return  # the client went away before its request was whole
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
@@ -132,7 +127,7 @@ class Router:
             path=scope["path"],
             query_string=scope.get("query_string", b""),
             headers=headers,
-            body=b"".join(chunks),
+            body=body,
             params={},
             host_url=f"{scope.get('scheme', 'http')}://{headers.get('host', '')}",
         )
@@ -159,6 +154,19 @@ class Router:
         if allowed:
             return json_response({"error": f"{request.method} is not allowed here"}, 405)
         return self._not_found(request)
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """An HTTP request's whole body from its ASGI messages; None if the client went away
+    first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _header_list(response: Response) -> list[tuple[bytes, bytes]]:

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 import attrs
 import trio
 
+from sandbox._routing import read_body
 from sandbox._standin_server import DROP
 from sandbox.twilio._protocol import e164, new_sid
 from sandbox.twilio._values import API_VERSION, ApiError
@@ -141,15 +142,9 @@ def faulting(app: ASGIApp, plan: FaultPlan) -> ASGIApp:
         if scope["type"] != "http" or not scope["path"].startswith(f"/{API_VERSION}/"):
             await app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its request
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:
+            return  # the client went away before sending its request
         # Nothing armed, nothing to look up (the benchmark's every request).
         fault = plan.take(_request_phone(scope, body)) if plan.armed else None
         if fault is not None and fault.kind == "drop":
