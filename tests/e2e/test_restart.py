@@ -1,10 +1,12 @@
-"""Kill aftercall between "reply requested" and "reply sent"; exactly one reply arrives.
+"""Stop aftercall between "reply requested" and "reply sent"; exactly one reply arrives.
 
 aftercall runs as production runs it (``hypercorn -k trio web.app:app`` in its own
-process), against stand-ins in the test process, on a SQLite log both processes read. The
-first process is killed with SIGKILL while its Twilio request is in flight; the second
-starts on the same log, finds the intent without an outcome, looks the message up in
-Twilio and records it instead of sending it again.
+process), against stand-ins in the test process, on a SQLite log both processes read.
+Killed with SIGKILL while its Twilio request is in flight, the next process on the same
+log finds the intent without an outcome, looks the message up in Twilio and records it
+instead of sending it again. Stopped with SIGTERM (a deploy, a container stop), the
+actor finishes the message in hand and records the outcome itself before the process
+exits, leaving nothing to reconcile.
 """
 
 from __future__ import annotations
@@ -127,3 +129,37 @@ async def test_restart_with_an_unsent_intent_sends_it_once(tmp_path: Path) -> No
         finally:
             _stop(process, signal.SIGTERM)
         assert [m.body for m in tw.received(PHONE)] == ["Hello after the crash"]
+
+
+async def test_sigterm_lets_the_reply_in_flight_finish(tmp_path: Path) -> None:
+    """A container runtime sends SIGTERM to the server's first process, Hypercorn's parent,
+    which tells its worker to shut down; the actor has ``shutdown_timeout`` for the message
+    in hand, so the held-back Twilio answer is waited for and recorded. The answer is held
+    longer than Hypercorn's ``graceful_timeout`` (3 s, for open connections), which passes
+    before the app's own shutdown starts: the send is still in flight when it does."""
+    port = free_port()
+    async with (
+        open_sqlite_store(tmp_path / "events.sqlite3", poll_interval=0.05) as store,
+        serve_elevenlabs() as el,
+        serve_twilio() as tw,
+    ):
+        call = CallCompleted("conv_sigterm", DEFAULT_AGENT_ID, PHONE, "We talked about tea.")
+        await store.append(
+            phone_stream(PHONE), [to_new_event(call, event_id=call_event_id("conv_sigterm"))]
+        )
+        tw.inject(Fault.answer_delayed(6.0), times=1)
+        process = _start(_hypercorn(port), _env(tmp_path, port, el, tw))
+        try:
+            with trio.fail_after(30):
+                await tw.wait_received(PHONE)
+            os.kill(process.pid, signal.SIGTERM)  # the parent only, not the process group
+            with trio.fail_after(30):
+                exit_code = await trio.to_thread.run_sync(process.wait)
+        finally:
+            _stop(process, signal.SIGKILL)
+        assert exit_code == 0
+        [message] = tw.received(PHONE)
+        records = await store.read_stream(phone_stream(PHONE))
+        [sent] = [r for r in records if r.type == "ReplySent"]
+        assert sent.data["reconciled"] is False
+        assert sent.data["message_sid"] == message.sid
