@@ -20,8 +20,16 @@ What is measured, from aftercall's own event log after the run:
 - where the added latency goes, per reply: webhook received -> the actor asks the agent
   (the inbound append, waking the actor), the turn's overhead (asked -> answered, minus
   agent time), and answered -> Twilio request started (the reply intent's append).
-- exactly once: every MessageReceived is answered by exactly one reply that was sent, and
-  the stand-in's phones received exactly as many messages as were answered.
+- exactly once: every MessageReceived is answered by exactly one reply that was sent; the
+  stand-in's phones received as many messages as were answered; and no phone received one
+  text twice (every question is unique and the stand-in's agent quotes it).
+
+The server is stopped with SIGTERM right after the last answers reach the phones. Under
+``-w 0`` Hypercorn installs no handler for it (a parent process does that with workers),
+so that stop is a crash: a reply Twilio accepted in the last instant can be left without
+its ``ReplySent`` ("without outcome" below; the phone has it, "at phones" counts it), which
+the next start reconciles by looking it up in Twilio (tests/e2e/test_restart.py, where
+the graceful stop of ``hypercorn -k trio`` with its worker is tested too).
 
 With ``--think``, users wait a random 0.5-1.5x the think time, and start spread over one
 think time: with one fixed pause they would move in lockstep, and every conversation's
@@ -60,7 +68,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from datetime import datetime
 from functools import partial
@@ -105,6 +113,14 @@ class RunResult:
     duplicates: int
     unanswered: int
     phones_received: int
+    #: Replies by kind (agent, fallback, first_message...), fallbacks by reason, and
+    #: intents with no outcome recorded when the server stopped: what explains a
+    #: difference between "answered" and what reached the phones.
+    replies_by_kind: dict[str, int] = attrs.Factory(dict)
+    fallbacks_by_reason: dict[str, int] = attrs.Factory(dict)
+    without_outcome: int = 0
+    #: Messages that reached a phone with the same text as one it already had.
+    repeated_at_phones: int = 0
     profile: str | None = None
     cpu_seconds: float = 0.0
     #: This process (the stand-ins and the simulated users) and PostgreSQL's processes.
@@ -219,7 +235,17 @@ async def run_once(
             os.killpg(server.pid, signal.SIGINT if profile else signal.SIGTERM)
             server.wait(60)
         received = sum(len(tw.received(p)) for p in phones)
+        # Every question is unique ("question i from +phone") and the stand-in's agent
+        # quotes it, so one body twice at one phone is a message sent twice: exactly once
+        # checked where the person is, not only in the log.
+        repeated_at_phones = sum(
+            count - 1
+            for p in phones
+            for count in Counter(m.body for m in tw.received(p)).values()
+            if count > 1
+        )
     result = await _analyse(dsn, conversations, elapsed, sent, received)
+    result.repeated_at_phones = repeated_at_phones
     result.cpu_seconds = cpu_used
     result.load_cpu_seconds = load_used
     result.postgres_cpu_seconds = postgres_used
@@ -260,6 +286,8 @@ async def _analyse(
     turns: dict[str, float] = {}
     replies: dict[str, Mapping[str, Any]] = {}
     sent_replies: dict[str, Mapping[str, Any]] = {}
+    settled: set[str] = set()
+    fallbacks: dict[str, int] = defaultdict(int)
     answered_by: dict[str, int] = defaultdict(int)
     for event in events:
         data = event.data
@@ -276,6 +304,11 @@ async def _analyse(
                 answered_by[sid] += 1
         elif event.type == "ReplySent" and data["part"] == 0:
             sent_replies[data["reply_id"]] = data
+            settled.add(data["reply_id"])
+        elif event.type == "ReplyFailed" and data["part"] == 0:
+            settled.add(data["reply_id"])
+        elif event.type == "AgentTurnFailed":
+            fallbacks[data["reason"]] += 1
     added: list[float] = []
     agent: list[float] = []
     stages: dict[str, list[float]] = {"to actor": [], "turn": [], "to send": []}
@@ -301,10 +334,13 @@ async def _analyse(
         for reply_id, request in replies.items()
         if request["kind"] == "agent" and reply_id in sent_replies
     )
-    first_messages = sum(1 for r in replies.values() if r["kind"] == "first_message")
+    by_kind: dict[str, int] = defaultdict(int)
+    for request in replies.values():
+        by_kind[request["kind"]] += 1
     return RunResult(
         conversations, elapsed, sent, answered, added, agent, duplicates, unanswered,
-        received - first_messages, stages=stages,
+        received - by_kind["first_message"], stages=stages, replies_by_kind=dict(by_kind),
+        fallbacks_by_reason=dict(fallbacks), without_outcome=len(replies.keys() - settled),
     )  # fmt: skip
 
 
@@ -398,6 +434,15 @@ def main() -> None:
               f"{_pct(r.agent_ms, 0.5):>8.1f}ms {r.duplicates:>4} {r.unanswered:>5} "
               f"{r.phones_received:>9} "
             f"{1000 * r.cpu_seconds / max(r.answered, 1):>6.2f}ms")  # fmt: skip
+    print("\nreplies requested by kind (at phones counts every reply but the first messages), "
+          "turns that fell back, and\nintents with no outcome when the server stopped "
+          "(recovered from Twilio at the next start):")  # fmt: skip
+    for r in results:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(r.replies_by_kind.items()))
+        reasons = ", ".join(f"{why} {n}" for why, n in sorted(r.fallbacks_by_reason.items()))
+        print(f"{r.conversations:>13}  {kinds}; fallbacks: {reasons or 'none'}; "
+              f"without outcome: {r.without_outcome}; "
+              f"the same text twice at a phone: {r.repeated_at_phones}")  # fmt: skip
     print("\nmessages per second against the baseline (the webhook handler alone, measured "
           "just before and\njust after each row, the mean), and scaled to stack.md's "
           "machine (x 1,570 / that baseline):")  # fmt: skip
