@@ -25,6 +25,14 @@ def cpu_seconds(pid: int) -> float:
     return cpu_seconds_of(Path(f"/proc/{pid}/stat").read_text(), children=True)
 
 
+def served_pid(pid: int) -> int:
+    """The process that serves: ``pid`` itself, or its only child when ``pid`` is a
+    profiler that started the server (py-spy record -- ...). A running child's CPU is not
+    in its parent's until the parent reaps it, so it must be read from the child."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0]) if len(children) == 1 else pid
+
+
 def postgres_cpu_seconds() -> float:
     """CPU of every PostgreSQL process on the machine so far (its backends included)."""
     total = 0.0

@@ -83,6 +83,7 @@ from benchmarks._processes import (
     hypercorn_command,
     machine_times,
     postgres_cpu_seconds,
+    served_pid,
     wait_until_answering,
 )
 from benchmarks.bare_webhook import NOTED_CEILING, Baseline, mean_baseline
@@ -202,7 +203,8 @@ async def run_once(
             sent = 0
             deadline = trio.current_time() + seconds
             started = time.monotonic()
-            cpu_before = cpu_seconds(server.pid)
+            served = served_pid(server.pid) if profile else server.pid
+            cpu_before = cpu_seconds(served)
             load_before = time.process_time()
             postgres_before = postgres_cpu_seconds()
             machine_before = machine_times()
@@ -227,7 +229,7 @@ async def run_once(
                 for phone in phones:
                     nursery.start_soon(user, phone)
             elapsed = time.monotonic() - started
-            cpu_used = cpu_seconds(server.pid) - cpu_before
+            cpu_used = cpu_seconds(served) - cpu_before
             load_used = time.process_time() - load_before
             postgres_used = postgres_cpu_seconds() - postgres_before
             machine_after = machine_times()
@@ -350,7 +352,8 @@ def _top_frames(path: Path, top: int = 15) -> str:
     own: dict[str, int] = defaultdict(int)
     inclusive: dict[str, int] = defaultdict(int)
     total = 0
-    project = ("/actors/", "/events/", "/web/", "/aftercall/", "/projections/")
+    # py-spy names a frame "function (path:line)", the path relative to sys.path.
+    project = ("(actors/", "(events/", "(web/", "(aftercall/", "(projections/")
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
