@@ -17,6 +17,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -70,6 +71,17 @@ def _hypercorn(port: int) -> list[str]:
             "web.app:app"]  # fmt: skip
 
 
+async def _call_completed(store: SQLiteEventStore, conversation_id: str, *then: Any) -> None:
+    """The call the WhatsApp conversation follows, as the post-call webhook records it,
+    and any events recorded after it (``then``)."""
+    call = CallCompleted(conversation_id, DEFAULT_AGENT_ID, PHONE, "We talked about tea.")
+    await store.append(
+        phone_stream(PHONE),
+        [to_new_event(call, event_id=call_event_id(conversation_id))]
+        + [to_new_event(event) for event in then],
+    )
+
+
 async def test_kill_between_requested_and_sent_gives_one_reply(tmp_path: Path) -> None:
     port = free_port()
     async with (
@@ -77,10 +89,7 @@ async def test_kill_between_requested_and_sent_gives_one_reply(tmp_path: Path) -
         serve_elevenlabs() as el,
         serve_twilio() as tw,
     ):
-        call = CallCompleted("conv_restart", DEFAULT_AGENT_ID, PHONE, "We talked about tea.")
-        await store.append(
-            phone_stream(PHONE), [to_new_event(call, event_id=call_event_id("conv_restart"))]
-        )
+        await _call_completed(store, "conv_restart")
         # Twilio takes the first message at once but its answer is held back: the process
         # is killed while it waits, with the message at Twilio and no outcome in the log.
         tw.inject(Fault.answer_delayed(30.0), times=1)
@@ -114,15 +123,11 @@ async def test_restart_with_an_unsent_intent_sends_it_once(tmp_path: Path) -> No
         serve_elevenlabs() as el,
         serve_twilio() as tw,
     ):
-        call = CallCompleted("conv_unsent", DEFAULT_AGENT_ID, PHONE, "We talked about tea.")
         intent = ReplyRequested(
             "r-unsent", "first_message", ("Hello after the crash",), datetime.now(UTC),
             call_conversation_id="conv_unsent",
         )  # fmt: skip
-        await store.append(
-            phone_stream(PHONE),
-            [to_new_event(call, event_id=call_event_id("conv_unsent")), to_new_event(intent)],
-        )
+        await _call_completed(store, "conv_unsent", intent)
         process = _start(_hypercorn(port), _env(tmp_path, port, el, tw))
         try:
             await _wait_for(store, "ReplySent")
@@ -143,10 +148,7 @@ async def test_sigterm_lets_the_reply_in_flight_finish(tmp_path: Path) -> None:
         serve_elevenlabs() as el,
         serve_twilio() as tw,
     ):
-        call = CallCompleted("conv_sigterm", DEFAULT_AGENT_ID, PHONE, "We talked about tea.")
-        await store.append(
-            phone_stream(PHONE), [to_new_event(call, event_id=call_event_id("conv_sigterm"))]
-        )
+        await _call_completed(store, "conv_sigterm")
         tw.inject(Fault.answer_delayed(6.0), times=1)
         process = _start(_hypercorn(port), _env(tmp_path, port, el, tw))
         try:
