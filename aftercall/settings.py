@@ -166,7 +166,7 @@ def load_settings(
     except (KeyError, IndexError, ValueError) as exc:
         problems.append(f"AFTERCALL_FIRST_MESSAGE may only use {{name}} and {{summary}} ({exc!r})")
     if problems:
-        raise SettingsError("aftercall cannot start: " + "; ".join(problems))
+        raise SettingsError("cannot start: " + "; ".join(problems))
     return Settings(
         store=store_location(env),
         public_base_url=public,

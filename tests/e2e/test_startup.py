@@ -41,6 +41,7 @@ async def test_missing_settings_are_all_named_at_once(tmp_path: Path) -> None:
     result = await trio.to_thread.run_sync(_hypercorn, ["-k", "trio"], _clean_env(tmp_path))
     line = [x for x in result.stderr.splitlines() if x.startswith("aftercall:")]
     assert len(line) == 1
+    assert line[0].startswith("aftercall: cannot start: missing ")
     for name in REQUIRED:
         assert name in line[0]
     assert "Traceback" not in result.stderr
