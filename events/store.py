@@ -249,8 +249,6 @@ async def tail(
         await store.wait_for_events(position)
 
 
-
-
 def encode_payloads(stream: str, events: Sequence[NewEvent]) -> list[tuple[str, str]]:
     """(data, metadata) of each event as compact JSON text; a value that is not JSON is refused.
 

@@ -90,9 +90,7 @@ async def _signed_form(url: str) -> Form | Response:
     if request.content_length is not None and request.content_length > TWILIO_FORM_LIMIT:
         return _reject(413, f"a Twilio webhook form is at most {TWILIO_FORM_LIMIT} bytes")
     try:
-        form = parse_form(
-            await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        )
+        form = parse_form(await request.get_data(cache=False, as_text=False, parse_form_data=False))
     except FormError as exc:
         return _reject(400, str(exc))
     if request.query_string:
