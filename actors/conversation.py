@@ -32,7 +32,6 @@ from events.conversation import (
     AgentSessionClosed,
     AgentSessionOpened,
     AgentTurnFailed,
-    DeliveryStatusChanged,
     MessageReceived,
     ReplyFailed,
     ReplyRequested,
@@ -106,7 +105,6 @@ class ConversationState:
     sessions_opened: int = 0
     turns: int = 0
     sent_sids: set[str] = attrs.field(factory=set)
-    undelivered: dict[str, int | None] = attrs.field(factory=dict)  # sid -> Twilio error code
     _asked_sids: set[str] = attrs.field(factory=set)
 
 
@@ -170,9 +168,6 @@ def apply(state: ConversationState, event: Any) -> None:
             if pending is not None:
                 pending.failed.add(event.part)
                 _drop_if_done(state, pending)
-        case DeliveryStatusChanged():
-            if event.status in ("failed", "undelivered"):
-                state.undelivered[event.message_sid] = event.error_code
         case _:
             pass  # events of other concerns (supervision, ...) do not change the conversation
 

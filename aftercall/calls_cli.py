@@ -53,6 +53,7 @@ from events.conversation import (
     ReplyFailed,
     ReplyRequested,
     ReplySent,
+    delivery_stream,
     phone_stream,
 )
 from events.open import open_store
@@ -233,12 +234,15 @@ def follow_up_of(events: Iterable[Any], conversation_id: str | None) -> FollowUp
 
 
 async def read_follow_up(store: EventStore, phone: str, conversation_id: str | None) -> FollowUp:
+    """The phone's conversation, then its delivery statuses: a status is matched to the
+    first message by the sid its ``ReplySent`` recorded, so it is folded after it."""
     events = []
-    for record in await store.read_stream(phone_stream(phone)):
-        try:
-            events.append(decode(record))
-        except UnknownEventType:
-            continue
+    for stream in (phone_stream(phone), delivery_stream(phone)):
+        for record in await store.read_stream(stream):
+            try:
+                events.append(decode(record))
+            except UnknownEventType:
+                continue
     return follow_up_of(events, conversation_id)
 
 

@@ -14,7 +14,9 @@ from typing import Any, Final
 
 from projections.model import Recorded
 
-PHONE_CATEGORY: Final = "phone"
+#: The streams of one phone's conversation: ``phone-+E164`` and ``delivery-+E164`` (its
+#: delivery statuses, kept out of the conversation's stream; see ``events.conversation``).
+CONVERSATION_CATEGORIES: Final = frozenset({"phone", "delivery"})
 
 #: How far a status has come. A status callback can arrive late or out of order (Twilio
 #: does not promise order), so a message's status only ever moves up this ladder;
@@ -45,12 +47,13 @@ _MEMO_MAX: Final = 65_536
 
 
 def phone_of(record: Recorded) -> str | None:
-    """The phone whose conversation this record belongs to (None for other streams)."""
+    """The phone whose conversation this record belongs to: its phone or delivery stream's
+    (None for other streams)."""
     stream = record.stream
     phone = _PHONES.get(stream)
     if phone is None:
         category, _, ident = stream.partition("-")
-        phone = ident if category == PHONE_CATEGORY else ""  # a phone is never empty
+        phone = ident if category in CONVERSATION_CATEGORIES else ""  # never empty
         if len(_PHONES) >= _MEMO_MAX:
             _PHONES.clear()
         _PHONES[stream] = phone

@@ -16,7 +16,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from events.codec import to_new_event
-from events.conversation import inbound_event_id, phone_stream, status_event_id
+from events.conversation import delivery_stream, inbound_event_id, phone_stream, status_event_id
 from web import api, post_call
 from web.twilio_forms import (
     EMPTY_TWIML,
@@ -124,7 +124,8 @@ async def twilio_whatsapp() -> Response:
 
 
 async def twilio_status() -> Response:
-    """A delivery status for a message we sent: recorded in the phone's stream."""
+    """A delivery status for a message we sent: recorded in the phone's delivery stream
+    (not the conversation's, whose version the phone actor's decisions expect)."""
     system = _system()
     form = await _signed_form(system.settings.status_callback_url)
     if isinstance(form, Response):
@@ -134,7 +135,7 @@ async def twilio_status() -> Response:
     except FormError as exc:
         return _reject(400, str(exc))
     await system.store.append(
-        phone_stream(phone),
+        delivery_stream(phone),
         [to_new_event(status, event_id=status_event_id(status.message_sid, status.status))],
     )
     return Response("", status=204)

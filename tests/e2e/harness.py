@@ -21,7 +21,7 @@ import trio
 from aftercall.system import System, run_system
 from events.calls import CallCompleted, TranscriptLine, call_event_id
 from events.codec import to_new_event
-from events.conversation import phone_stream
+from events.conversation import delivery_stream, phone_stream
 from events.store import EventStore, RecordedEvent
 from sandbox._http import serve_asgi
 from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
@@ -93,10 +93,14 @@ class Aftercall:
 
 
 def of_type(type_: str, phone: str | None = None, **data: Any) -> Callable[[RecordedEvent], bool]:
+    """Events of ``type_`` with these data fields, in ``phone``'s streams if it is given
+    (its conversation, and its delivery statuses beside it)."""
+    streams = () if phone is None else (phone_stream(phone), delivery_stream(phone))
+
     def match(record: RecordedEvent) -> bool:
         if record.type != type_:
             return False
-        if phone is not None and record.stream != phone_stream(phone):
+        if streams and record.stream not in streams:
             return False
         return all(record.data.get(k) == v for k, v in data.items())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+from events.conversation import delivery_stream
 from events.store import EventStore
 from tests.e2e.harness import SUMMARY, of_type, running_aftercall
 
@@ -115,6 +116,39 @@ async def test_a_slow_turn_is_in_the_log_while_the_agent_thinks(store: EventStor
         types = await ac.types(ANA)
         assert types[-1] == "AgentAsked"  # nothing about its outcome yet: still asking
         assert asked.data["text"] == "are you there?"
+
+
+async def test_delivery_statuses_never_conflict_with_the_conversation(store: EventStore) -> None:
+    """Twilio reports sent, delivered and read for every message, and they are recorded in
+    the phone's delivery stream: they never move the conversation's version under the actor.
+    In the conversation's stream, each one that landed mid-turn made the actor's next
+    decision a conflict (a re-read, a second append, a planned batch on PostgreSQL)."""
+    from sandbox.elevenlabs import Faults
+
+    async with running_aftercall(store) as ac:
+        await _first_message_sent(ac, ANA)
+        # The session opened ahead of the first answer is recorded before anyone writes:
+        # a message landing in the conversation's stream mid-step is a fact the actor
+        # folds and appends again, a conflict by design. Statuses are what is tested here.
+        await ac.wait_for(of_type("AgentSessionOpened", ANA))
+        # The agent takes 0.3 s: the last reply's "sent" and "delivered" callbacks (0.05 s
+        # and 0.15 s after Twilio took it) come in while the next turn is under way.
+        ac.elevenlabs.set_faults(Faults(reply_delay_seconds=0.3))
+        for turn in range(3):
+            await ac.twilio.user_says(ANA, f"question {turn}")
+            await ac.wait_for(of_type("ReplySent", ANA), count=turn + 2)
+        await ac.wait_for(of_type("DeliveryStatusChanged", ANA, status="read"), count=3)
+
+        assert store.statistics().conflicts == 0
+        assert "DeliveryStatusChanged" not in await ac.types(ANA)
+        statuses = {
+            (r.data["message_sid"], r.data["status"])
+            for r in await store.read_stream(delivery_stream(ANA))
+        }
+        first, *replies = ac.twilio.received(ANA)
+        assert (first.sid, "failed") in statuses  # free text outside the window: 63016
+        for reply in replies:
+            assert {(reply.sid, s) for s in ("sent", "delivered", "read")} <= statuses
 
 
 async def test_agent_timeout_sends_the_fallback_and_recovers(store: EventStore) -> None:
