@@ -15,10 +15,13 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from events.calls import CallCompleted, call_event_id
@@ -27,22 +30,44 @@ from events.conversation import ReplyRequested, phone_stream
 from events.sqlite import SQLiteEventStore, open_sqlite_store
 from sandbox.elevenlabs import DEFAULT_AGENT_ID, serve_elevenlabs
 from sandbox.environment import free_port, stand_in_environment
-from sandbox.twilio import Fault, serve_twilio
+from sandbox.twilio import Fault, TwilioStandIn, serve_twilio
 
 PHONE = "+15551239999"
 
 
-def _env(data_dir: Path, port: int, el: object, tw: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(stand_in_environment(el, tw, f"http://127.0.0.1:{port}"))
-    env["AFTERCALL_DATA_DIR"] = str(data_dir)
-    return env
+@attrs.frozen
+class _Scene:
+    """A SQLite log on disk, the stand-ins, and aftercall to start on them, as often as a
+    test restarts it (the same port and settings each time)."""
+
+    store: SQLiteEventStore
+    twilio: TwilioStandIn
+    port: int
+    env: dict[str, str]
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """``hypercorn -k trio web.app:app`` in its own process group: Hypercorn runs the
+        app in a worker child, and a kill must take the whole server down at once, as a
+        crash or an OOM kill of the container would."""
+        command = [sys.executable, "-m", "hypercorn", "-k", "trio",
+                   "--bind", f"127.0.0.1:{self.port}", "web.app:app"]  # fmt: skip
+        return subprocess.Popen(
+            command, env=self.env, cwd=Path(__file__).parents[2], start_new_session=True
+        )
 
 
-def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # Its own process group: Hypercorn runs the app in a worker child, and a kill must take
-    # the whole server down at once, as a crash or an OOM kill of the container would.
-    return subprocess.Popen(command, env=env, cwd=Path(__file__).parents[2], start_new_session=True)
+@asynccontextmanager
+async def _scene(tmp_path: Path) -> AsyncIterator[_Scene]:
+    port = free_port()
+    async with (
+        open_sqlite_store(tmp_path / "events.sqlite3", poll_interval=0.05) as store,
+        serve_elevenlabs() as el,
+        serve_twilio() as tw,
+    ):
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        env.update(stand_in_environment(el, tw, f"http://127.0.0.1:{port}"))
+        env["AFTERCALL_DATA_DIR"] = str(tmp_path)
+        yield _Scene(store, tw, port, env)
 
 
 def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -66,11 +91,6 @@ async def _wait_for(store: SQLiteEventStore, type_: str) -> list[str]:
             await store.wait_for_events(head)
 
 
-def _hypercorn(port: int) -> list[str]:
-    return [sys.executable, "-m", "hypercorn", "-k", "trio", "--bind", f"127.0.0.1:{port}",
-            "web.app:app"]  # fmt: skip
-
-
 async def _call_completed(store: SQLiteEventStore, conversation_id: str, *then: Any) -> None:
     """The call the WhatsApp conversation follows, as the post-call webhook records it,
     and any events recorded after it (``then``)."""
@@ -83,18 +103,13 @@ async def _call_completed(store: SQLiteEventStore, conversation_id: str, *then: 
 
 
 async def test_kill_between_requested_and_sent_gives_one_reply(tmp_path: Path) -> None:
-    port = free_port()
-    async with (
-        open_sqlite_store(tmp_path / "events.sqlite3", poll_interval=0.05) as store,
-        serve_elevenlabs() as el,
-        serve_twilio() as tw,
-    ):
+    async with _scene(tmp_path) as scene:
+        store, tw = scene.store, scene.twilio
         await _call_completed(store, "conv_restart")
         # Twilio takes the first message at once but its answer is held back: the process
         # is killed while it waits, with the message at Twilio and no outcome in the log.
         tw.inject(Fault.answer_delayed(30.0), times=1)
-        env = _env(tmp_path, port, el, tw)
-        first = _start(_hypercorn(port), env)
+        first = scene.start()
         try:
             await _wait_for(store, "ReplyRequested")
             with trio.fail_after(30):
@@ -103,7 +118,7 @@ async def test_kill_between_requested_and_sent_gives_one_reply(tmp_path: Path) -
             _stop(first, signal.SIGKILL)
         assert "ReplySent" not in [e.type for e in await store.read_stream(phone_stream(PHONE))]
 
-        second = _start(_hypercorn(port), env)
+        second = scene.start()
         try:
             await _wait_for(store, "ReplySent")
         finally:
@@ -117,18 +132,14 @@ async def test_kill_between_requested_and_sent_gives_one_reply(tmp_path: Path) -
 
 async def test_restart_with_an_unsent_intent_sends_it_once(tmp_path: Path) -> None:
     """The other side of the race: the process died before Twilio got the request."""
-    port = free_port()
-    async with (
-        open_sqlite_store(tmp_path / "events.sqlite3", poll_interval=0.05) as store,
-        serve_elevenlabs() as el,
-        serve_twilio() as tw,
-    ):
+    async with _scene(tmp_path) as scene:
+        store, tw = scene.store, scene.twilio
         intent = ReplyRequested(
             "r-unsent", "first_message", ("Hello after the crash",), datetime.now(UTC),
             call_conversation_id="conv_unsent",
         )  # fmt: skip
         await _call_completed(store, "conv_unsent", intent)
-        process = _start(_hypercorn(port), _env(tmp_path, port, el, tw))
+        process = scene.start()
         try:
             await _wait_for(store, "ReplySent")
         finally:
@@ -142,15 +153,11 @@ async def test_sigterm_lets_the_reply_in_flight_finish(tmp_path: Path) -> None:
     in hand, so the held-back Twilio answer is waited for and recorded. The answer is held
     longer than Hypercorn's ``graceful_timeout`` (3 s, for open connections), which passes
     before the app's own shutdown starts: the send is still in flight when it does."""
-    port = free_port()
-    async with (
-        open_sqlite_store(tmp_path / "events.sqlite3", poll_interval=0.05) as store,
-        serve_elevenlabs() as el,
-        serve_twilio() as tw,
-    ):
+    async with _scene(tmp_path) as scene:
+        store, tw = scene.store, scene.twilio
         await _call_completed(store, "conv_sigterm")
         tw.inject(Fault.answer_delayed(6.0), times=1)
-        process = _start(_hypercorn(port), _env(tmp_path, port, el, tw))
+        process = scene.start()
         try:
             with trio.fail_after(30):
                 await tw.wait_received(PHONE)
