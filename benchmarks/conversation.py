@@ -289,7 +289,7 @@ async def _analyse(
     replies: dict[str, Mapping[str, Any]] = {}
     sent_replies: dict[str, Mapping[str, Any]] = {}
     settled: set[str] = set()
-    fallbacks: dict[str, int] = defaultdict(int)
+    fallbacks: Counter[str] = Counter()
     answered_by: dict[str, int] = defaultdict(int)
     for event in events:
         data = event.data
@@ -336,9 +336,7 @@ async def _analyse(
         for reply_id, request in replies.items()
         if request["kind"] == "agent" and reply_id in sent_replies
     )
-    by_kind: dict[str, int] = defaultdict(int)
-    for request in replies.values():
-        by_kind[request["kind"]] += 1
+    by_kind = Counter(request["kind"] for request in replies.values())
     return RunResult(
         conversations, elapsed, sent, answered, added, agent, duplicates, unanswered,
         received - by_kind["first_message"], stages=stages, replies_by_kind=dict(by_kind),
