@@ -99,19 +99,9 @@ def validate_actor_id(actor_id: str) -> str:
     return actor_id
 
 
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
-
-
-def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be >= 1, got {value!r}")
+_positive = attrs.validators.gt(0.0)
+_non_negative = attrs.validators.ge(0.0)
+_at_least_one = attrs.validators.ge(1)
 
 
 @attrs.frozen

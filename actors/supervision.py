@@ -16,24 +16,14 @@ or hammer an outside service.
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import attrs
 
+from actors.retry import backoff_delay
 
-def _non_negative(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
-
-
-def _positive(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
-def _fraction(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not 0 <= value <= 1:
-        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
+_non_negative = attrs.validators.ge(0.0)
+_positive = attrs.validators.gt(0.0)
+_fraction = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0))
 
 
 @attrs.frozen
@@ -53,7 +43,7 @@ class SupervisionPolicy:
             before the actor is activated again.
     """
 
-    max_restarts: int = attrs.field(default=5, validator=_non_negative)
+    max_restarts: int = attrs.field(default=5, validator=attrs.validators.ge(0))
     within_seconds: float = attrs.field(default=30.0, validator=_positive)
     backoff_initial: float = attrs.field(default=0.1, validator=_non_negative)
     backoff_max: float = attrs.field(default=10.0, validator=_non_negative)
@@ -83,13 +73,6 @@ class Stop:
     restarts: int
 
 
-def backoff_delay(policy: SupervisionPolicy, restarts: int, rng: random.Random) -> float:
-    """The delay before restart number ``restarts + 1`` of the current window."""
-    # Cap the exponent: 2 ** 1100 overflows a float long before any sane policy gets there.
-    delay = min(policy.backoff_max, policy.backoff_initial * 2.0 ** min(restarts, 64))
-    return delay * (1.0 - policy.jitter * rng.random())
-
-
 def decide_after_crash(
     policy: SupervisionPolicy,
     history: tuple[float, ...],
@@ -105,4 +88,11 @@ def decide_after_crash(
     recent = tuple(t for t in history if now - t < policy.within_seconds)
     if len(recent) >= policy.max_restarts:
         return Stop(restarts=len(recent))
-    return Restart(delay=backoff_delay(policy, len(recent), rng), history=(*recent, now))
+    delay = backoff_delay(
+        len(recent) + 1,
+        initial=policy.backoff_initial,
+        maximum=policy.backoff_max,
+        jitter=policy.jitter,
+        rng=rng,
+    )
+    return Restart(delay=delay, history=(*recent, now))

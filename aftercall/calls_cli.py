@@ -30,21 +30,13 @@ import attrs
 import httpx
 import trio
 
-from actors import _agent_protocol as proto
-from actors.agent_session import AgentSession, AgentSessionConfig, AgentSessionError
-from actors.call_monitor import (
-    BatchReport,
-    BatchWork,
-    RecipientReport,
-    load_progress,
-    process_batch,
-)
-from actors.call_rules import BatchProgress, recipient_phone
-from actors.elevenlabs_api import BatchDetail, ElevenLabsAPI, ElevenLabsError
-from actors.whatsapp_rules import InvalidPhone, normalise_phone
-from aftercall.cli import CommandError, run_async
+from aftercall.commands import CommandError, run_async
 from aftercall.settings import DEFAULT_ELEVENLABS_BASE_URL, SettingsError
-from aftercall.storage import store_location
+from aftercall.storage import open_store, store_location
+from aftercall.system import open_system
+from clients.elevenlabs import protocol as proto
+from clients.elevenlabs.api import BatchDetail, ElevenLabsAPI, ElevenLabsError
+from clients.elevenlabs.session import AgentSession, AgentSessionConfig, AgentSessionError
 from events.calls import CallCompleted, CallFailed
 from events.codec import UnknownEventType, decode
 from events.conversation import (
@@ -56,8 +48,16 @@ from events.conversation import (
     delivery_stream,
     phone_stream,
 )
-from events.open import open_store
+from events.phones import InvalidPhone, normalise_phone
 from events.store import EventStore, EventStoreError
+from followup.call_monitor import (
+    BatchReport,
+    BatchWork,
+    RecipientReport,
+    load_progress,
+    process_batch,
+)
+from followup.call_rules import BatchProgress, recipient_phone
 
 Out = Callable[[str], None]
 
@@ -332,8 +332,6 @@ async def wait_for_follow_ups(
 
 
 def _process(args: argparse.Namespace) -> int:
-    from aftercall.system import open_system
-
     # The monitor stays off here: this command is the one look at the batch.
     environ = {**os.environ, "AFTERCALL_BATCH_POLL_SECONDS": "off"}
 
@@ -471,25 +469,6 @@ def _frame_text(frame: Any) -> str:
     return repr(frame)
 
 
-def printing_session(out: Out) -> type[AgentSession]:
-    """``AgentSession`` that also prints every frame it sends (->) and receives (<-)."""
-
-    class PrintingSession(AgentSession):
-        async def _handle(self, frame: proto.ServerFrame) -> None:
-            out(f"<- {_frame_text(frame)}")
-            await super()._handle(frame)
-
-        async def _send(self, frame: Mapping[str, Any]) -> None:
-            out(f"-> {_frame_text(frame)}")
-            await super()._send(frame)
-
-        async def _send_quietly(self, frame: Mapping[str, Any]) -> bool:
-            out(f"-> {_frame_text(frame)}")
-            return await super()._send_quietly(frame)
-
-    return PrintingSession
-
-
 async def chat_command(
     http: httpx.AsyncClient,
     config: AgentSessionConfig,
@@ -497,12 +476,14 @@ async def chat_command(
     out: Out,
 ) -> int:
     """Chat until ``lines()`` returns "" (end of input) or ``/quit``; returns the turns."""
-    session_class = printing_session(out)
+    config = attrs.evolve(
+        config, frame_observer=lambda direction, frame: out(f"{direction} {_frame_text(frame)}")
+    )
     turns = 0
     async with trio.open_nursery() as nursery:
         initiation = proto.initiation_frame(config.user_id, config.dynamic_variables)
         out(f"-> {_frame_text(initiation)}")
-        session = await session_class.open(nursery, http, config)
+        session = await AgentSession.open(nursery, http, config)
         out(f"<- conversation_initiation_metadata conversation_id={session.conversation_id}")
         if session.first_message:
             out(f"agent: {session.first_message}")

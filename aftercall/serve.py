@@ -18,9 +18,18 @@ from pathlib import Path
 from typing import Any, cast
 
 import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as serve_hypercorn
 
-from aftercall.cli import CommandError, run_async
+from aftercall.commands import CommandError, run_async
 from aftercall.settings import SettingsError
+from aftercall.system import System, run_system
+from events.calls import CallCompleted, TranscriptLine, call_event_id
+from events.codec import to_new_event
+from events.conversation import phone_stream
+from sandbox.environment import free_port
+from web.factory import TrioOnly, create_app
+from web.serving import serve_asgi
 
 DEMO_PHONE = "+15551234567"
 DEMO_SUMMARY = (
@@ -47,22 +56,22 @@ def register(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
-    from web.app import app
-
     host, _, port = args.bind.rpartition(":")
     if not host or not port.isdigit():
         raise CommandError(f"--bind must be host:port, not {args.bind!r}")
     if args.sandbox:
         os.environ["AFTERCALL_SANDBOX"] = "1"
         os.environ.setdefault("PUBLIC_BASE_URL", f"http://{args.bind}")
+    # The same app as ``hypercorn -k trio web.app:app`` (web/app.py), with the worker chosen.
+    app = TrioOnly(
+        create_app(run_system, quiet_errors=(SettingsError,), freeze_heap=True),
+        exit_on_failure=True,
+    )
     config = Config()
     config.bind = [args.bind]
     config.accesslog = "-"
     try:
-        run_async(partial(serve, cast(Any, app), config))
+        run_async(partial(serve_hypercorn, cast(Any, app), config))
     except SettingsError as exc:
         raise CommandError(str(exc)) from exc
     return 0
@@ -79,14 +88,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 async def play_demo(data_dir: Path, say: Callable[[str], None]) -> None:
     """One follow-up, end to end, through the real app, narrated from the log."""
-    from aftercall.system import System, run_system
-    from events.calls import CallCompleted, TranscriptLine, call_event_id
-    from events.codec import to_new_event
-    from events.conversation import phone_stream
-    from sandbox._http import serve_asgi
-    from sandbox.environment import free_port
-    from web.app import TrioOnly, create_app
-
     port = free_port()
     environ = {
         key: value
@@ -100,7 +101,7 @@ async def play_demo(data_dir: Path, say: Callable[[str], None]) -> None:
             "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         }
     )
-    app = create_app(partial(run_system, environ=environ))
+    app = create_app(partial(run_system, environ=environ), quiet_errors=(SettingsError,))
     async with serve_asgi(TrioOnly(app), port=port) as url:
         system: System = app.config["AFTERCALL_SYSTEM"]
         assert system.sandbox is not None

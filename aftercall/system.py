@@ -23,18 +23,25 @@ import attrs
 import httpx
 import trio
 
-from actors.call_monitor import CallMonitorHandle, MonitorSettings, open_call_monitor
-from actors.conversation import ConversationState, apply, next_step
-from actors.elevenlabs_api import ElevenLabsAPI
-from actors.http1 import Http1Transport
-from actors.phone import PhoneDependencies, PhoneSettings, Wake, phone_actor_factory
 from actors.runtime import ActorSettings, ActorSystem, open_actor_system
-from actors.whatsapp import TwilioConfig, WhatsAppSender
 from aftercall.settings import Settings, is_sandbox, load_settings
-from events.codec import UnknownEventType, decode
-from events.open import open_store
+from aftercall.storage import open_read_models, open_store
+from clients.elevenlabs.api import ElevenLabsAPI
+from clients.http1 import Http1Transport
+from clients.twilio.sender import TwilioConfig, WhatsAppSender
 from events.store import EventStore
+from followup.call_monitor import CallMonitorHandle, MonitorSettings, open_call_monitor
+from followup.phone import (
+    PhoneDependencies,
+    PhoneSettings,
+    Wake,
+    phone_actor_factory,
+    resume_unfinished,
+)
 from projections.runner import ProjectionRunner, open_projection_runner
+from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
+from sandbox.environment import stand_in_environment
+from sandbox.twilio import TwilioStandIn, serve_twilio
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +50,8 @@ logger = logging.getLogger(__name__)
 class Sandbox:
     """The in-process stand-ins, when running with ``AFTERCALL_SANDBOX=1``."""
 
-    elevenlabs: Any  # sandbox.elevenlabs.ElevenLabsStandIn
-    twilio: Any  # sandbox.twilio.TwilioStandIn
+    elevenlabs: ElevenLabsStandIn
+    twilio: TwilioStandIn
 
 
 @attrs.define(eq=False)
@@ -76,10 +83,6 @@ DEFAULT_SANDBOX_PUBLIC_URL = "http://127.0.0.1:8000"
 
 @asynccontextmanager
 async def _sandbox(environ: Mapping[str, str]) -> AsyncIterator[tuple[Sandbox, dict[str, str]]]:
-    from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
-    from sandbox.environment import stand_in_environment
-    from sandbox.twilio import TwilioStandIn, serve_twilio
-
     public = (environ.get("PUBLIC_BASE_URL") or DEFAULT_SANDBOX_PUBLIC_URL).rstrip("/")
     async with (
         serve_elevenlabs(
@@ -121,7 +124,8 @@ async def open_system(
             )
         # Read models follow the log from here on; they are closed after everything that
         # appends (the exit stack unwinds in reverse), and never hold up start-up.
-        projections = await stack.enter_async_context(open_projection_runner(store))
+        models = await stack.enter_async_context(open_read_models(store))
+        projections = await stack.enter_async_context(open_projection_runner(store, models))
         http = await stack.enter_async_context(
             httpx.AsyncClient(
                 timeout=httpx.Timeout(15.0, connect=5.0),
@@ -180,36 +184,6 @@ async def open_system(
             )
         system.resumed_phones = await resume_unfinished(store, phones)
         yield system
-
-
-async def resume_unfinished(store: EventStore, phones: ActorSystem[Wake]) -> int:
-    """Wake every phone whose log shows work in hand (after a crash or a restart).
-
-    Folds the ``phone`` category once at start-up. What was appended before the stop is
-    the state; an actor woken here finds its pending step and finishes it.
-    """
-    states: dict[str, ConversationState] = {}
-    position = 0
-    while True:
-        batch = await store.read_all(after=position, limit=5000, category="phone")
-        if not batch:
-            break
-        for record in batch:
-            phone = record.stream.split("-", 1)[1]
-            state = states.setdefault(phone, ConversationState(phone))
-            try:
-                apply(state, decode(record))
-            except UnknownEventType:
-                continue
-        position = batch[-1].position
-    woken = 0
-    for phone, state in states.items():
-        if next_step(state) is not None:
-            await phones.tell(phone, Wake())
-            woken += 1
-    if woken:
-        logger.info("resumed %d conversations with work in hand", woken)
-    return woken
 
 
 async def run_system(

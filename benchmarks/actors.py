@@ -16,7 +16,7 @@ store):
   reports how much its RSS grew once they are all idle; the Python heap per actor comes
   from ``tracemalloc`` in a separate pass (its bookkeeping would distort RSS, and a
   process that already ran the other measurements has freed arenas to reuse). No
-  sockets: a phone actor's WebSocket comes on top (~23 KiB, ../shared/notes/stack.md).
+  sockets: a phone actor's WebSocket comes on top (~23 KiB, docs/stack.md).
 - message throughput: ``--messages`` tells spread round-robin over the active actors by
   16 concurrent senders, each message handled (a counter) by its actor.
 
@@ -51,6 +51,7 @@ import trio.testing
 
 from actors import ActorContext, ActorSettings, FoldedStream, open_actor_system
 from events import EventStore, decode, event_type, to_new_event
+from events.postgres_bridge import PostgresOptions
 
 DEFAULT_DSN = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 EVENTS_PER_STREAM = 20
@@ -298,14 +299,15 @@ async def open_benchmark_store(
             async with open_sqlite_store(path) as store:
                 yield store, "SQLite", ["--memory-child", "--sqlite-path", str(path)]
         return
-    from events.postgres import open_database, open_postgres_store
+    from events.postgres import open_postgres_store
+    from events.postgres_bridge import open_database
 
     schema = f"aftercall_bench_{uuid.uuid4().hex[:10]}"
     try:
-        async with open_postgres_store(dsn, schema=schema) as pg_store:
+        async with open_postgres_store(dsn, PostgresOptions(schema=schema)) as pg_store:
             yield pg_store, "PostgreSQL", ["--memory-child", "--dsn", dsn, "--schema", schema]
     finally:
-        async with open_database(dsn, pool_size=1) as database:
+        async with open_database(dsn, PostgresOptions(pool_size=1)) as database:
             await database.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
@@ -331,7 +333,7 @@ async def run_memory_child(
     from events.postgres import open_postgres_store
 
     assert dsn is not None
-    async with open_postgres_store(dsn, schema=schema) as pg_store:
+    async with open_postgres_store(dsn, PostgresOptions(schema=schema)) as pg_store:
         print(await resident_per_actor(pg_store, actors))
 
 

@@ -5,7 +5,7 @@ Run by hand (``benchmarks/conversation.py`` runs it first, too)::
 
     .venv/bin/python -m benchmarks.bare_webhook [--seconds 8] [--connections 32]
 
-What ../shared/notes/stack.md measured before aftercall existed: "A Quart-Trio POST handler
+What docs/stack.md measured before aftercall existed: "A Quart-Trio POST handler
 that parses a 15-field Twilio form, validates its signature and returns empty TwiML, under
 ``hypercorn -k trio``, loaded by wrk on the same machine (1 thread, 32 connections):
 ~1,570 requests/s". The issue's floors were set against that number, on that machine. These
@@ -14,7 +14,7 @@ same handler is served here the same way and loaded for a few seconds: its reque
 second say how fast this machine is right now, in the unit the floors were written in.
 
 The load comes from this process (trio tasks on kept-alive connections through
-`actors.http1`), not wrk, which a fresh machine does not have. The handler's process is
+`clients.http1`), not wrk, which a fresh machine does not have. The handler's process is
 the one that saturates: it spends about three times what the client spends per request.
 """
 
@@ -36,8 +36,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from twilio.request_validator import RequestValidator
 
-from actors.http1 import Http1Transport, Target
 from benchmarks._processes import cpu_seconds, hypercorn_command, wait_until_answering
+from clients.http1 import Http1Transport, Target
 from sandbox.environment import free_port
 from sandbox.twilio._protocol import inbound_params
 

@@ -36,12 +36,13 @@ think time: with one fixed pause they would move in lockstep, and every conversa
 message would arrive in the same instant, a burst no real set of people produces.
 
 The Twilio stand-in delivers the users' webhooks over at most ``--webhook-connections``
-(64) connections at once, through the same lean HTTP/1.1 transport aftercall uses for
-Twilio (`actors.http1`). With httpx's default pool, which scans every pooled connection
-for every request, this process spent a third more CPU per message at 64 connections than
-at 8, and at 8 the users queued for a connection. The stand-ins are served by their own
-small server (`sandbox._standin_server`), not Hypercorn, and the Twilio stand-in's routes
-by a small router, not Quart: this process's CPU is taken from the same cores aftercall
+(64) connections at once, with httpx's default transport, one client lent to each webhook
+in flight (the stand-ins share no code with aftercall, so not its ``clients.http1``; a
+single httpx pool rescans every pooled connection for every request). That costs this
+process about 2.6x the CPU per webhook of the lean transport it used before
+(``python -m benchmarks.standin_webhooks``). The stand-ins are served by their own small
+server (`sandbox._standin_server`), not Hypercorn, and the Twilio stand-in's routes by a
+small router, not Quart: this process's CPU is taken from the same cores aftercall
 is measured on.
 
 The CPU table says what each process spent per answered message; all three share the
@@ -50,7 +51,7 @@ machine's cores, so the cores divided by their sum is the ceiling of the closed 
 
 The baseline is the machine's ceiling for the webhook alone, measured just before each
 row (`benchmarks.bare_webhook`: the bare signed-webhook handler of
-../shared/notes/stack.md, which noted ~1,570 requests/s on the machine the floors were set
+docs/stack.md, which noted ~1,570 requests/s on the machine the floors were set
 on). Every message costs aftercall that handler's work, plus a Twilio request, a WebSocket
 turn and three appends. These VMs' speed differs by up to twice between machines and
 between minutes, so each row also says what it is as a share of the baseline measured

@@ -33,7 +33,8 @@ import uuid
 import attrs
 import trio
 
-from events.postgres import Connection, PostgresEventStore, open_database, open_postgres_store
+from events.postgres import PostgresEventStore, open_postgres_store
+from events.postgres_bridge import Connection, PostgresOptions, open_database
 from events.store import NewEvent, tail
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -72,7 +73,7 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
 
 
 async def _drop(dsn: str, schema: str) -> None:
-    async with open_database(dsn, pool_size=1) as database:
+    async with open_database(dsn, PostgresOptions(pool_size=1)) as database:
         await database.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
@@ -80,7 +81,7 @@ async def measure_store(dsn: str, writers: int, seconds: float) -> Row:
     schema = f"aftercall_bench_{uuid.uuid4().hex[:10]}"
     latencies: list[float] = []
     try:
-        async with open_postgres_store(dsn, schema=schema, pool_size=4) as store:
+        async with open_postgres_store(dsn, PostgresOptions(schema=schema, pool_size=4)) as store:
             deadline = time.perf_counter() + seconds
 
             async def writer(index: int) -> None:
@@ -150,7 +151,7 @@ async def measure_catch_up(dsn: str, count: int) -> tuple[float, float]:
     """(seconds to load with COPY, events per second a cold tail reads to the head)."""
     schema = f"aftercall_bench_{uuid.uuid4().hex[:10]}"
     try:
-        async with open_postgres_store(dsn, schema=schema, pool_size=4) as store:
+        async with open_postgres_store(dsn, PostgresOptions(schema=schema, pool_size=4)) as store:
             started = time.perf_counter()
             await store.database.transaction(_copy_events, store.log.lock_sql, count)
             loaded = time.perf_counter() - started

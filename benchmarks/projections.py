@@ -32,13 +32,16 @@ from pathlib import Path
 
 import trio
 
+from events.postgres_bridge import PostgresOptions
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aftercall.storage import open_read_models
 from events.postgres import PostgresEventStore, open_postgres_store
 from events.store import EventStore, NewEvent
 from projections.queries import percentile
 from projections.readmodels import CHECKPOINTS, REBUILD_SUFFIX
-from projections.runner import ALL_PROJECTIONS, ProjectionRunner, open_read_models, rebuild
+from projections.runner import ALL_PROJECTIONS, ProjectionRunner, rebuild
 from tests.projections.workload import Append, conversation
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -171,9 +174,9 @@ async def main(args: argparse.Namespace) -> int:
     reused = None
     if args.schema:
         # A store of its own: the one measured below must not remember the deleted head.
-        async with open_postgres_store(dsn, schema=schema, pool_size=1) as store:
+        async with open_postgres_store(dsn, PostgresOptions(schema=schema, pool_size=1)) as store:
             reused = await reuse(store, args.events)
-    async with open_postgres_store(dsn, schema=schema, pool_size=8) as store:
+    async with open_postgres_store(dsn, PostgresOptions(schema=schema, pool_size=8)) as store:
         try:
             async with open_read_models(store) as models:
                 if reused is not None:

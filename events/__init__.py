@@ -1,9 +1,10 @@
 """The event log: the system's source of truth.
 
 Event types are frozen attrs classes registered with ``event_type``; ``to_new_event`` and
-``decode`` turn them into store records and back. The store (``open_store``) appends with
-an expected version, reads streams, reads everything in a safe order, and wakes tailing
-readers. See ``events.store`` for the contract both backends keep.
+``decode`` turn them into store records and back. The store
+(``aftercall.storage.open_store`` picks the backend) appends with an expected version, reads
+streams, reads everything in a safe order, and wakes tailing readers. See ``events.store``
+for the contract both backends keep.
 """
 
 from events.codec import (
@@ -17,7 +18,6 @@ from events.codec import (
     to_data,
     to_new_event,
 )
-from events.open import open_store
 from events.store import (
     ANY_VERSION,
     NO_STREAM,
@@ -58,7 +58,6 @@ __all__ = [
     "derived_id",
     "event_type",
     "from_data",
-    "open_store",
     "stream_category",
     "tail",
     "to_data",

@@ -1,7 +1,7 @@
 """Group commit: many concurrent appends, one transaction.
 
 A commit costs a WAL flush and, on PostgreSQL under Trio, a crossing of the trio-asyncio
-bridge (~0.4 ms of CPU each, ../shared/notes/stack.md). Paying that once per append caps a
+bridge (~0.4 ms of CPU each, docs/stack.md). Paying that once per append caps a
 process near 2,000 appends per second; paying it once per *batch* of whatever is waiting
 lifts the cap by the batch size. So appends are requests on a channel, one writer task
 takes everything that is waiting, decides each request against the stream versions and

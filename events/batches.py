@@ -1,6 +1,6 @@
 """The call monitor's progress through ElevenLabs batch calls, in the log.
 
-The monitor (``actors.call_monitor``) polls ElevenLabs for the agent's batches. What it has
+The monitor (``followup.call_monitor``) polls ElevenLabs for the agent's batches. What it has
 done is recorded here, so a restart resumes exactly where it stopped:
 
 * ``callmonitor-<agent_id>``: ``CallMonitorStarted`` once, the first time a monitor ran for

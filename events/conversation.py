@@ -45,7 +45,13 @@ class MediaItem:
 @event_type
 @attrs.frozen
 class MessageReceived:
-    """A WhatsApp message from the person, as Twilio delivered it to our webhook."""
+    """A WhatsApp message from the person, as Twilio delivered it to our webhook.
+
+    ``phone`` is the person's identity (``events.phones.identity_phone``), the key of the
+    conversation; ``address`` is the number the message came from when it is another form
+    of that identity (a Mexican WhatsApp account writes as ``+521...`` to a conversation
+    that began with a call to ``+52...``): replies go back to it.
+    """
 
     message_sid: str
     phone: str
@@ -53,6 +59,7 @@ class MessageReceived:
     received_at: datetime
     profile_name: str | None = None
     media: tuple[MediaItem, ...] = ()
+    address: str | None = None
 
 
 @event_type
@@ -140,6 +147,10 @@ class ReplyRequested:
     turn_id: str | None = None
     template: Template | None = None
     call_conversation_id: str | None = None
+    #: Where the reply goes when not to the phone's identity itself: the address the person
+    #: last wrote from, kept in the intent so a retry or a reconciliation after a crash
+    #: addresses the same number.
+    to: str | None = None
 
 
 @event_type

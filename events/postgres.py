@@ -1,17 +1,8 @@
-"""The PostgreSQL event store, and the one bridge between Trio and asyncpg.
+"""The PostgreSQL event store: group-committed appends, reads in a safe global order.
 
-asyncpg is asyncio-only; aftercall is Trio. Every database call crosses trio-asyncio, and
-this module is the only place allowed to import asyncpg or trio_asyncio (a check enforces
-it), so the traps measured in ../shared/notes/stack.md are handled once:
-
-- The loop is always passed explicitly (``loop.run_aio_coroutine``). Hypercorn request
-  handlers are not children of the task that opened the loop, so trio-asyncio's context
-  variable is ``None`` there; nothing here relies on it.
-- A crossing costs ~0.4 ms of CPU, so a unit of work is one asyncio coroutine run on one
-  connection in one crossing (`Database.run`, `Database.transaction`), and appends are
-  group-committed: one crossing and one transaction per batch of whatever is waiting.
-- trio-asyncio's default exception handler turns any stray asyncio error into a crash of
-  the loop's nursery (and the pool with it); ours logs instead.
+Every database call crosses the one bridge to asyncpg (``events.postgres_bridge``); this
+module holds the store's SQL and its writer, and uses the bridge's asyncio side only inside
+``Database.cross``.
 
 Safe global order (see `PostgresEventStore`): every batch takes one transaction-level
 advisory lock before it reads versions or takes positions, and the lock is released only
@@ -31,26 +22,14 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterable,
-    Iterator,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
-from typing import Any, Final, Protocol, TypeVar, TypeVarTuple, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, Final
 from uuid import UUID, uuid4
 
-import asyncpg
 import attrs
 import trio
-import trio_asyncio
 
 from events._group_commit import (
     AppendRequest,
@@ -61,6 +40,17 @@ from events._group_commit import (
     plan_batch,
 )
 from events.migrations import POSTGRES_MIGRATIONS, Migration
+from events.postgres_bridge import (
+    Connection,
+    Database,
+    InvalidCachedStatement,
+    Listener,
+    PostgresOptions,
+    Record,
+    is_connection_error,
+    open_database,
+    plain_startup_errors,
+)
 from events.store import (
     ANY_VERSION,
     AppendResult,
@@ -76,9 +66,6 @@ from events.store import (
 
 LOG = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
-
 #: Advisory locks use the two-int form, a lock space apart from single-bigint users (the
 #: shard locks of several processes). First int: "afte" / "aftm" in ASCII.
 EVENTS_LOCK_SPACE: Final = 0x61667465
@@ -90,631 +77,9 @@ CLOSE_TIMEOUT: Final = 10.0
 _FIRST_BACKOFF: Final = 0.05
 _MAX_BACKOFF: Final = 1.0
 
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
 _COLUMNS = "position, stream, version, type, data, metadata, event_id, recorded_at"
 
 
-# -- what callers see of a connection ------------------------------------------------------
-class Record(Protocol):
-    """A result row (asyncpg's ``Record``): index by position or by column name."""
-
-    def __getitem__(self, key: int | str, /) -> Any: ...
-    def __len__(self) -> int: ...
-    def get(self, key: str, default: Any = None, /) -> Any: ...
-    def keys(self) -> Iterator[str]: ...
-    def values(self) -> Iterator[Any]: ...
-    def items(self) -> Iterator[tuple[str, Any]]: ...
-
-
-class Transaction(Protocol):
-    """``async with conn.transaction():`` commits on success, rolls back on error."""
-
-    async def __aenter__(self) -> Any: ...
-    async def __aexit__(self, *exc_info: object) -> Any: ...
-
-
-class Connection(Protocol):
-    """The part of an asyncpg connection that functions given to `Database.run` may use.
-
-    They are *asyncio* coroutine functions: they run on the bridge's loop, so they await
-    these methods directly and must not call Trio. Bound a call with ``trio.fail_after``
-    around the `Database` method: a Trio cancellation cancels the asyncio side.
-    """
-
-    async def fetch(self, query: str, *args: Any) -> list[Record]: ...
-
-    async def fetchrow(self, query: str, *args: Any) -> Record | None: ...
-
-    async def fetchval(self, query: str, *args: Any, column: int = 0) -> Any: ...
-
-    async def execute(self, query: str, *args: Any) -> str: ...
-
-    async def executemany(self, command: str, args: Iterable[Sequence[Any]]) -> None: ...
-
-    async def copy_records_to_table(
-        self,
-        table_name: str,
-        *,
-        records: Iterable[Sequence[Any]],
-        columns: Sequence[str] | None = None,
-        schema_name: str | None = None,
-    ) -> str: ...
-
-    def transaction(
-        self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False
-    ) -> Transaction: ...
-
-
-@attrs.frozen
-class Notification:
-    """One NOTIFY, or (``resync=True``, empty payload) a sign that some may have been missed.
-
-    A resync item is delivered each time the listening connection is (re)established and
-    after the buffer overflowed: notifications sent while nobody listened are gone, so the
-    consumer re-reads whatever state it follows.
-    """
-
-    channel: str
-    payload: str
-    resync: bool = False
-
-
-# -- addresses and secrets ----------------------------------------------------------------
-@attrs.frozen
-class _Target:
-    """Where the database is, for messages; and the secrets that must never be shown."""
-
-    address: str  # host:port/database, no user, no password
-    secrets: tuple[str, ...] = attrs.field(repr=False)
-
-    @classmethod
-    def parse(cls, dsn: str) -> _Target:
-        try:
-            parts = urlsplit(dsn)
-            port = parts.port or 5432
-        except ValueError:
-            raise StoreUnavailable("DATABASE_URL is not a valid postgresql:// URL") from None
-        query = parse_qs(parts.query)
-        host = parts.hostname or (query.get("host") or ["localhost"])[0]
-        database = parts.path.lstrip("/") or (query.get("dbname") or [""])[0]
-        secrets = {dsn}
-        for password in [parts.password or "", *query.get("password", [])]:
-            if password:
-                secrets.update({password, unquote(password)})
-        address = f"{host}:{port}" + (f"/{database}" if database else "")
-        return cls(address, tuple(sorted(secrets, key=len, reverse=True)))
-
-    def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def reason(self, exc: BaseException) -> str:
-        detail = self.scrub(str(exc)).strip()
-        return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, unreachable; TimeoutError is one too
-    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and "connection was closed"
-    asyncpg.AdminShutdownError,  # 57P01: pg_terminate_backend, smart shutdown
-    asyncpg.CrashShutdownError,  # 57P02
-    asyncpg.CannotConnectNowError,  # 57P03: starting up, in recovery
-    asyncpg.TooManyConnectionsError,  # 53300: transient when others release
-    # The protocol lost track of its state after the server hung up on it mid-exchange
-    # ("cannot switch to state ..."): that connection is done, a new one is fine.
-    asyncpg.InternalClientError,
-)
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """Did this fail because the connection (not the statement) failed?
-
-    Those are the errors a retry on a new connection can fix; anything else (a constraint,
-    a syntax error, a bug) would fail again and is raised as it is.
-    """
-    if isinstance(exc, _CONNECTION_ERRORS):
-        return True
-    # asyncpg raises a bare InterfaceError for a connection it already knows is closed.
-    message = str(exc)
-    return isinstance(exc, asyncpg.InterfaceError) and (
-        "connection is closed" in message or "connection was closed" in message
-    )
-
-
-@attrs.define
-class _Phase:
-    """How far one unit of work got before it failed: decides whether a retry is safe."""
-
-    fn_started: bool = False
-    commit_sent: bool = False
-
-
-# -- the bridge ---------------------------------------------------------------------------
-@attrs.define(eq=False)
-class Database:
-    """The trio-asyncio loop and an asyncpg pool, shared by the event store and projections.
-
-    Open it with `open_database` (or get ``store.database``). Every method is Trio-async
-    and may be called from any Trio task of the run, including tasks that are not
-    children of the task that opened the loop (Hypercorn request handlers).
-
-    A connection lost under a unit of work is retried on a fresh connection, within
-    ``retry_for`` seconds, only when that is known to be safe (see `run`,
-    `transaction`); otherwise, and once the budget is spent, `StoreUnavailable` is raised.
-    The pool replaces dead connections, so the next call works once the server is back.
-    """
-
-    loop: Any  # trio_asyncio.TrioEventLoop, untyped
-    target: _Target
-    retry_for: float
-    _pool: Any = attrs.field(repr=False)
-    _connect_options: dict[str, Any] = attrs.field(repr=False)
-    _closed: bool = False
-
-    @property
-    def address(self) -> str:
-        """host:port/database, safe to log."""
-        return self.target.address
-
-    async def run(
-        self,
-        fn: Callable[[Connection, *Ts], Awaitable[T]],
-        *args: *Ts,
-        retry: bool = False,
-    ) -> T:
-        """``await fn(conn, *args)`` on one pooled connection, in one bridge crossing.
-
-        ``fn`` is an *asyncio* coroutine function. Without a transaction each statement
-        commits on its own, so after a connection lost midway nobody knows what ``fn``
-        already did: it is retried only if ``retry=True`` says it is idempotent (reads).
-        A connection that could not be obtained at all is always retried.
-        """
-        return await self._with_retries(fn, args, in_transaction=False, retry=retry)
-
-    async def transaction(
-        self,
-        fn: Callable[[Connection, *Ts], Awaitable[T]],
-        *args: *Ts,
-        retry: bool = True,
-    ) -> T:
-        """Like `run`, inside one transaction (committed when ``fn`` returns).
-
-        A connection lost before COMMIT was sent rolls the transaction back on the server,
-        so by default the whole ``fn`` is run again on a new connection: it must touch
-        only the database. Lost *during* COMMIT, the outcome is unknown and
-        `StoreUnavailable` says so (a projection whose checkpoint is in the same
-        transaction simply re-reads its checkpoint).
-        """
-        return await self._with_retries(fn, args, in_transaction=True, retry=retry)
-
-    async def fetch(self, query: str, *args: Any, retry: bool = False) -> list[Record]:
-        return await self.run(_fetch, query, args, retry=retry)
-
-    async def fetchrow(self, query: str, *args: Any, retry: bool = False) -> Record | None:
-        return await self.run(_fetchrow, query, args, retry=retry)
-
-    async def fetchval(self, query: str, *args: Any, retry: bool = False) -> Any:
-        return await self.run(_fetchval, query, args, retry=retry)
-
-    async def execute(self, query: str, *args: Any, retry: bool = False) -> str:
-        return await self.run(_execute, query, args, retry=retry)
-
-    @asynccontextmanager
-    async def listen(
-        self, channel: str, *, buffer: int = 256
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[Notification]]:
-        """LISTEN on ``channel`` on a dedicated connection, for as long as the block runs.
-
-        Notifications arrive in the yielded channel. The connection is re-established with
-        backoff when it drops; each (re)connection, and an overflow of ``buffer``, delivers
-        a ``resync`` item, since notifications in between are lost.
-        """
-        send, receive = trio.open_memory_channel[Notification](buffer)
-        owed_resync = False
-
-        def deliver(item: Notification) -> None:
-            nonlocal owed_resync
-            try:
-                if owed_resync:
-                    send.send_nowait(Notification(channel, "", resync=True))
-                    owed_resync = False
-                send.send_nowait(item)
-            except trio.WouldBlock:
-                owed_resync = True
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
-
-        listener = _Listener(
-            self,
-            channel,
-            on_notify=lambda payload: deliver(Notification(channel, payload)),
-            on_state=lambda connected: (
-                deliver(Notification(channel, "", resync=True)) if connected else None
-            ),
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(listener.run)
-            try:
-                async with receive:
-                    yield receive
-            finally:
-                nursery.cancel_scope.cancel()
-                send.close()
-
-    # -- internals ------------------------------------------------------------------------
-    async def cross(self, fn: Callable[[*Ts], Coroutine[Any, Any, T]], *args: *Ts) -> T:
-        """Run the asyncio coroutine function ``fn(*args)`` on the loop: one crossing."""
-        if self._closed:
-            raise StoreUnavailable(f"the connection pool for {self.address} is closed")
-        return cast(T, await self.loop.run_aio_coroutine(fn(*args)))
-
-    async def _with_retries(
-        self,
-        fn: Callable[..., Awaitable[T]],
-        args: tuple[Any, ...],
-        *,
-        in_transaction: bool,
-        retry: bool,
-    ) -> T:
-        deadline = trio.current_time() + self.retry_for
-        delay = _FIRST_BACKOFF
-        while True:
-            phase = _Phase()
-            try:
-                return await self.cross(
-                    _on_pooled_connection, self._pool, fn, args, phase, in_transaction
-                )
-            except asyncpg.InvalidCachedStatementError:
-                # Another process changed the schema under a cached statement; asyncpg
-                # re-prepares by itself outside a transaction. Inside one, nothing was
-                # committed and the cache is now cleared: run it again, once more.
-                if not (in_transaction and retry) or phase.commit_sent:
-                    raise
-                if trio.current_time() > deadline:
-                    raise
-                continue
-            except Exception as exc:
-                if not is_connection_error(exc):
-                    raise
-                if phase.commit_sent:
-                    raise StoreUnavailable(
-                        f"lost the connection to PostgreSQL at {self.address} during COMMIT;"
-                        " the transaction may or may not have committed"
-                        f" ({self.target.reason(exc)})"
-                    ) from exc
-                if phase.fn_started and not retry:
-                    raise StoreUnavailable(
-                        f"lost the connection to PostgreSQL at {self.address} "
-                        f"({self.target.reason(exc)})"
-                    ) from exc
-                if trio.current_time() + delay > deadline:
-                    raise StoreUnavailable(
-                        f"PostgreSQL at {self.address} unreachable for {self.retry_for:g} s "
-                        f"({self.target.reason(exc)})"
-                    ) from exc
-                LOG.warning(
-                    "PostgreSQL at %s: %s; retrying on a new connection",
-                    self.address,
-                    self.target.reason(exc),
-                )
-            await trio.sleep(delay)
-            delay = min(delay * 2, _MAX_BACKOFF)
-
-    async def _connect_listener(
-        self,
-        channel: str,
-        on_notify: Callable[[str], None],
-        on_lost: Callable[[], None],
-    ) -> Any:
-        """A new (not pooled) connection LISTENing on ``channel``; returns it."""
-        scrub = self.target.reason
-
-        def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            try:
-                on_notify(payload)
-            except Exception as exc:  # a raising callback would tear the loop down
-                LOG.error("notification handler for %r failed: %s", channel, scrub(exc))
-
-        def terminated(_conn: Any) -> None:
-            try:
-                on_lost()
-            except Exception as exc:
-                LOG.error("listener termination handler failed: %s", scrub(exc))
-
-        async def connect() -> Any:
-            conn = await asyncpg.connect(**self._connect_options)
-            try:
-                await conn.add_listener(channel, notified)
-                conn.add_termination_listener(terminated)
-            except BaseException:
-                conn.terminate()
-                raise
-            return conn
-
-        return await self.cross(connect)
-
-    async def _close_connection(self, conn: Any) -> None:
-        async def close() -> None:
-            try:
-                await conn.close(timeout=2)
-            except Exception:
-                conn.terminate()
-
-        if self._closed or conn.is_closed():
-            return
-        with trio.CancelScope(shield=True), trio.move_on_after(3):
-            await self.cross(close)
-
-    async def _close(self) -> None:
-        async def close(pool: Any) -> None:
-            try:
-                await asyncio.wait_for(pool.close(), 5)
-            except Exception:
-                pool.terminate()
-
-        with trio.CancelScope(shield=True):
-            await self.cross(close, self._pool)
-        self._closed = True
-
-
-async def _on_pooled_connection(
-    pool: Any,
-    fn: Callable[..., Awaitable[T]],
-    args: tuple[Any, ...],
-    phase: _Phase,
-    in_transaction: bool,
-) -> T:
-    async with pool.acquire() as conn:
-        phase.fn_started = True
-        if not in_transaction:
-            return await fn(conn, *args)
-        async with conn.transaction():
-            result = await fn(conn, *args)
-            phase.commit_sent = True  # the block's exit sends COMMIT
-        return result
-
-
-async def _fetch(conn: Connection, query: str, args: tuple[Any, ...]) -> list[Record]:
-    return await conn.fetch(query, *args)
-
-
-async def _fetchrow(conn: Connection, query: str, args: tuple[Any, ...]) -> Record | None:
-    return await conn.fetchrow(query, *args)
-
-
-async def _fetchval(conn: Connection, query: str, args: tuple[Any, ...]) -> Any:
-    return await conn.fetchval(query, *args)
-
-
-async def _execute(conn: Connection, query: str, args: tuple[Any, ...]) -> str:
-    return await conn.execute(query, *args)
-
-
-@asynccontextmanager
-async def _plain_startup_errors(opening: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
-    """Raise a failure to open as itself, not wrapped in the loop's nursery groups.
-
-    "Cannot connect to PostgreSQL at host:port" must reach the operator as one line.
-    Errors from the caller's own block are left as Trio delivers them.
-    """
-    opened = False
-    try:
-        async with opening as value:
-            opened = True
-            yield value
-    except BaseExceptionGroup as group:
-        sole: BaseException = group
-        while isinstance(sole, BaseExceptionGroup) and len(sole.exceptions) == 1:
-            sole = sole.exceptions[0]
-        if opened or not isinstance(sole, Exception) or isinstance(sole, BaseExceptionGroup):
-            raise
-        raise sole from None
-
-
-def open_database(
-    dsn: str,
-    *,
-    schema: str | None = None,
-    pool_size: int = 10,
-    application_name: str = "aftercall",
-    connect_timeout: float = 5.0,
-    startup_retry_for: float = 3.0,
-    retry_for: float = 10.0,
-) -> AbstractAsyncContextManager[Database]:
-    """Open the trio-asyncio loop and a pool; close both when the block ends.
-
-    ``schema`` is the whole ``search_path`` of every connection, so a schema is a private
-    database (tests use one each); the event store's migrations create it. A server that
-    does not answer within ``startup_retry_for`` seconds raises `StoreUnavailable`
-    naming host:port, never the password.
-
-    Own it from one long-lived task (under Hypercorn: a task started from
-    ``before_serving`` with ``await app.nursery.start(...)``), never from a
-    ``while_serving`` generator; use it from any task.
-    """
-    return _plain_startup_errors(
-        _open_database(
-            dsn,
-            schema=schema,
-            pool_size=pool_size,
-            application_name=application_name,
-            connect_timeout=connect_timeout,
-            startup_retry_for=startup_retry_for,
-            retry_for=retry_for,
-        )
-    )
-
-
-@asynccontextmanager
-async def _open_database(
-    dsn: str,
-    *,
-    schema: str | None = None,
-    pool_size: int = 10,
-    application_name: str = "aftercall",
-    connect_timeout: float = 5.0,
-    startup_retry_for: float = 3.0,
-    retry_for: float = 10.0,
-) -> AsyncIterator[Database]:
-    target = _Target.parse(dsn)
-    if schema is not None and not _SCHEMA_NAME.match(schema):
-        raise ValueError(f"schema {schema!r} must match {_SCHEMA_NAME.pattern}")
-    server_settings = {"application_name": application_name, "synchronous_commit": "on"}
-    if schema is not None:
-        server_settings["search_path"] = f'"{schema}"'
-    async with trio_asyncio.open_loop() as loop:
-        loop.set_exception_handler(_exception_logger(target))
-        options: dict[str, Any] = {
-            "dsn": dsn,
-            "server_settings": server_settings,
-            "timeout": connect_timeout,
-            "loop": loop,
-        }
-        pool = await _create_pool(loop, target, options, pool_size, startup_retry_for)
-        database = Database(loop, target, retry_for, pool, options)
-        try:
-            yield database
-        finally:
-            await database._close()
-
-
-async def _keep_session(_conn: Any) -> None:
-    """The pool's reset on release: nothing to do (asyncpg still rolls back an open
-    transaction itself).
-
-    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``
-    on every release: a second round trip for every read (about 1 ms of CPU through the
-    bridge, measured), for session state this module never leaves behind. The rule that
-    makes it safe: work on a pooled connection uses transaction-level locks only, no
-    ``SET`` (``SET LOCAL`` in a transaction), no ``LISTEN`` (the listener has its own
-    connection), no cursors outside a transaction.
-    """
-
-
-async def _create_pool(
-    loop: Any, target: _Target, options: dict[str, Any], size: int, retry_for: float
-) -> Any:
-    async def create() -> Any:
-        # min_size=1: one connection proves the server answers; the rest open on demand.
-        pool = asyncpg.create_pool(min_size=1, max_size=size, reset=_keep_session, **options)
-        try:
-            await pool
-        except BaseException:
-            pool.terminate()
-            raise
-        return pool
-
-    deadline = trio.current_time() + retry_for
-    delay = _FIRST_BACKOFF * 2
-    while True:
-        try:
-            return await loop.run_aio_coroutine(create())
-        except Exception as exc:
-            transient = is_connection_error(exc)
-            if not transient or trio.current_time() + delay > deadline:
-                message = f"cannot connect to PostgreSQL at {target.address}: {target.reason(exc)}"
-                raise StoreUnavailable(message) from None
-            LOG.info("PostgreSQL at %s not answering yet: %s", target.address, target.reason(exc))
-        await trio.sleep(delay)
-        delay = min(delay * 2, _MAX_BACKOFF)
-
-
-def _exception_logger(target: _Target) -> Callable[[Any, dict[str, Any]], None]:
-    """An asyncio exception handler that logs (trio-asyncio's default re-raises)."""
-
-    def handle(_loop: Any, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        message = target.scrub(str(context.get("message") or "asyncio error"))
-        if exc is None:
-            LOG.warning("asyncio (PostgreSQL bridge): %s", message)
-        else:
-            LOG.warning("asyncio (PostgreSQL bridge): %s: %s", message, target.reason(exc))
-
-    return handle
-
-
-# -- LISTEN with reconnection --------------------------------------------------------------
-@attrs.define(eq=False)
-class _Listener:
-    """Keeps one LISTEN connection up; tells its owner about notifications and its state.
-
-    ``on_state(True)`` runs after each successful LISTEN and ``on_state(False)`` when the
-    connection is lost: in between, notifications may have been missed.
-    """
-
-    database: Database
-    channel: str
-    on_notify: Callable[[str], None]
-    on_state: Callable[[bool], None]
-    #: A liveness query this often: a half-open TCP connection never reports itself.
-    ping_interval: float = 30.0
-    connected: bool = False
-    generation: int = 0  # successful LISTENs so far
-    _changed: trio.Event = attrs.field(factory=trio.Event)
-
-    async def wait_connected(self, generation: int) -> None:
-        """Return once LISTEN is active for the ``generation``-th time (or later)."""
-        while not (self.connected and self.generation >= generation):
-            await self._changed.wait()
-
-    def _set_state(self, connected: bool) -> None:
-        self.connected = connected
-        if connected:
-            self.generation += 1
-        self._changed.set()
-        self._changed = trio.Event()
-        self.on_state(connected)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        delay = _FIRST_BACKOFF
-        started = False
-        while True:
-            lost = trio.Event()
-            try:
-                conn = await self.database._connect_listener(self.channel, self.on_notify, lost.set)
-            except Exception as exc:
-                LOG.warning(
-                    "LISTEN %s at %s failed (%s); retrying in %.2f s",
-                    self.channel,
-                    self.database.address,
-                    self.database.target.reason(exc),
-                    delay,
-                )
-                if not started:
-                    task_status.started()
-                    started = True
-                await trio.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF * 5)
-                continue
-            delay = _FIRST_BACKOFF
-            try:
-                self._set_state(True)
-                if not started:
-                    task_status.started()
-                    started = True
-                await self._watch(conn, lost)
-            finally:
-                if self.connected:
-                    self._set_state(False)
-                await self.database._close_connection(conn)
-            LOG.warning("LISTEN %s at %s lost; reconnecting", self.channel, self.database.address)
-
-    async def _watch(self, conn: Any, lost: trio.Event) -> None:
-        async def ping() -> None:
-            await conn.fetchval("SELECT 1", timeout=5)
-
-        while not lost.is_set():
-            with trio.move_on_after(self.ping_interval):
-                await lost.wait()
-                return
-            try:
-                await self.database.cross(ping)
-            except Exception:
-                return
-
-
-# -- the event store ----------------------------------------------------------------------
 @attrs.frozen
 class EventLog:
     """Names that every process writing the same events table agrees on.
@@ -821,7 +186,7 @@ class _WriterConnection:
         if self.conn is not None and self.conn.is_closed():
             self.drop()
         if self.conn is None:
-            conn = await asyncpg.connect(**self.database._connect_options)
+            conn = await self.database.connect_outside_pool()
             try:
                 row = await conn.fetchrow(
                     "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
@@ -1091,7 +456,7 @@ class PostgresEventStore:
     _committer: GroupCommitter = attrs.field(init=False)
     _idle_writers: list[_WriterConnection] = attrs.field(init=False)
     _all_writers: tuple[_WriterConnection, ...] = attrs.field(init=False)
-    _listener: _Listener = attrs.field(init=False)
+    _listener: Listener = attrs.field(init=False)
     _wakeup: trio.Event = attrs.field(factory=trio.Event)
     _head: int = 0
     _duplicates: int = 0
@@ -1103,7 +468,7 @@ class PostgresEventStore:
         )
         self._all_writers = tuple(_WriterConnection(self.database) for _ in range(self.writers))
         self._idle_writers = list(self._all_writers)
-        self._listener = _Listener(
+        self._listener = Listener(
             self.database, self.log.channel, self._on_notify, lambda _c: self._wake()
         )
 
@@ -1244,7 +609,7 @@ class PostgresEventStore:
                 return await self.database.cross(
                     write_batch_sql, writer, self.log, batch, attempt, lost, commit_delay
                 )
-            except asyncpg.InvalidCachedStatementError:
+            except InvalidCachedStatement:
                 # A migration by another process changed the table; the call failed and
                 # wrote nothing: run it again.
                 if trio.current_time() > deadline:
@@ -1357,13 +722,8 @@ def _channel_for(schema: str) -> str:
 
 def open_postgres_store(
     dsn: str,
+    options: PostgresOptions | None = None,
     *,
-    schema: str | None = None,
-    pool_size: int = 10,
-    application_name: str = "aftercall",
-    connect_timeout: float = 5.0,
-    startup_retry_for: float = 3.0,
-    retry_for: float = 10.0,
     fallback_interval: float = 1.0,
     max_batch: int = 500,
     writers: int = 1,
@@ -1379,15 +739,10 @@ def open_postgres_store(
     from ``before_serving`` with ``await app.nursery.start(...)``) and use the store from
     any task.
     """
-    return _plain_startup_errors(
+    return plain_startup_errors(
         _open_postgres_store(
             dsn,
-            schema=schema,
-            pool_size=pool_size,
-            application_name=application_name,
-            connect_timeout=connect_timeout,
-            startup_retry_for=startup_retry_for,
-            retry_for=retry_for,
+            options or PostgresOptions(),
             fallback_interval=fallback_interval,
             max_batch=max_batch,
             writers=writers,
@@ -1398,27 +753,16 @@ def open_postgres_store(
 @asynccontextmanager
 async def _open_postgres_store(
     dsn: str,
+    options: PostgresOptions,
     *,
-    schema: str | None = None,
-    pool_size: int = 10,
-    application_name: str = "aftercall",
-    connect_timeout: float = 5.0,
-    startup_retry_for: float = 3.0,
-    retry_for: float = 10.0,
-    fallback_interval: float = 1.0,
-    max_batch: int = 500,
-    writers: int = 1,
+    fallback_interval: float,
+    max_batch: int,
+    writers: int,
 ) -> AsyncIterator[PostgresEventStore]:
-    async with open_database(
-        dsn,
-        schema=schema,
-        pool_size=pool_size,
-        application_name=application_name,
-        connect_timeout=connect_timeout,
-        startup_retry_for=startup_retry_for,
-        retry_for=retry_for,
-    ) as database:
-        current_schema, key = await database.run(_migrate, schema, POSTGRES_MIGRATIONS, retry=True)
+    async with open_database(dsn, options) as database:
+        current_schema, key = await database.run(
+            _migrate, options.schema, POSTGRES_MIGRATIONS, retry=True
+        )
         log = EventLog(current_schema, (EVENTS_LOCK_SPACE, key), _channel_for(current_schema))
         store = PostgresEventStore(
             database,

@@ -22,7 +22,6 @@ from projections.runner import (
     ProjectionStatus,
     RebuildReport,
     open_projection_runner,
-    open_read_models,
     projection_status,
     rebuild,
 )
@@ -39,7 +38,6 @@ __all__ = [
     "ReadModels",
     "RebuildReport",
     "open_projection_runner",
-    "open_read_models",
     "projection_status",
     "rebuild",
 ]

@@ -54,7 +54,7 @@ from projections.readmodels import (
 )
 
 if TYPE_CHECKING:
-    from events.postgres import Connection, Database, Record
+    from events.postgres_bridge import Connection, Database, Record
 
 #: Advisory lock (two-int form, "aftp") taken while tables are created or swapped, so two
 #: processes starting at once take turns instead of racing on the catalog.

@@ -94,27 +94,6 @@ def select(names: Sequence[str] | None) -> tuple[Projection, ...]:
     return tuple(by_name[name] for name in names)
 
 
-@asynccontextmanager
-async def open_read_models(store: EventStore) -> AsyncIterator[ReadModels]:
-    """The read models in the same database as ``store`` (the only place they can be
-    written in one transaction with their checkpoint)."""
-    from events.sqlite import SQLiteEventStore
-
-    if isinstance(store, SQLiteEventStore):
-        from projections.sqlite import open_sqlite_read_models
-
-        async with open_sqlite_read_models(store.path) as models:
-            yield models
-        return
-    from events.postgres import PostgresEventStore
-    from projections.postgres import PostgresReadModels
-
-    if isinstance(store, PostgresEventStore):
-        yield PostgresReadModels(store.database)
-        return
-    raise TypeError(f"no read models for an event store of type {type(store).__name__}")
-
-
 @attrs.frozen
 class RebuildReport:
     projections: tuple[str, ...]
@@ -491,10 +470,10 @@ class ProjectionRunner:
 
 @asynccontextmanager
 async def open_projection_runner(
-    store: EventStore, projections: Sequence[Projection] = ALL_PROJECTIONS
+    store: EventStore, models: ReadModels, projections: Sequence[Projection] = ALL_PROJECTIONS
 ) -> AsyncIterator[ProjectionRunner]:
     """Read models that follow ``store`` live until the block ends."""
-    async with open_read_models(store) as models, trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:
         runner = ProjectionRunner(store, models, tuple(projections))
         await nursery.start(runner.run)
         try:

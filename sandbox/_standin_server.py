@@ -5,8 +5,8 @@ is why they do not. It runs the stand-ins and the simulated users in one process
 aftercall, on the same two cores, so whatever the stand-ins spend serving a request is
 taken from what aftercall can be measured doing. Hypercorn's Trio worker spawns a task
 per request and restarts a keep-alive timer task (a cancellation) after every response:
-a bare ASGI app measured ~830 µs of CPU per request under it on these machines, ~180 µs
-here (wrk, 32 connections; ``benchmarks/conversation.py`` says where it shows).
+a small form-reading app costs about 2.5x the server CPU per request under it than here
+(``python -m benchmarks.standin_server``, 1 and 32 connections).
 
 What this server does, and all it does:
 - HTTP/1.1 with keep-alive; request bodies by Content-Length or chunked (at most
@@ -33,6 +33,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final
+from urllib.parse import unquote
 
 import h11
 import trio
@@ -347,8 +348,6 @@ def _is_websocket_upgrade(request: h11.Request) -> bool:
 
 
 def _decode_path(raw: bytes) -> str:
-    from urllib.parse import unquote
-
     return unquote(raw.decode("latin-1"))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from events.postgres_bridge import PostgresOptions
 from events.store import EventStore
 from tests.postgres_server import (
     NoPostgres,
@@ -57,7 +58,7 @@ async def store(
 
     schema = new_schema_name()
     try:
-        async with open_postgres_store(postgres.dsn, schema=schema) as pg_store:
+        async with open_postgres_store(postgres.dsn, PostgresOptions(schema=schema)) as pg_store:
             yield pg_store
     finally:
         psql(postgres.dsn, f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -16,20 +16,14 @@ import hmac
 from typing import Any
 
 import attrs
-from quart import Response, jsonify, request
-from quart_trio import QuartTrio
+from quart import Blueprint, Response, jsonify, request
 
-from actors.whatsapp_rules import normalise_phone
+from events.phones import identity_phone
 from projections import queries
 from projections.runner import ProjectionRunner
+from web.context import current_system
 
-
-def register(app: QuartTrio) -> None:
-    app.add_url_rule("/api/conversations", view_func=list_conversations, methods=["GET"])
-    app.add_url_rule(
-        "/api/conversations/<path:phone>", view_func=show_conversation, methods=["GET"]
-    )
-    app.add_url_rule("/api/metrics", view_func=show_metrics, methods=["GET"])
+api = Blueprint("api", __name__, url_prefix="/api")
 
 
 def _error(status: int, reason: str, **headers: str) -> Response:
@@ -41,8 +35,6 @@ def _error(status: int, reason: str, **headers: str) -> Response:
 
 def _runner() -> tuple[ProjectionRunner | None, Response | None]:
     """The running projections, once the caller has shown the admin token."""
-    from web.app import current_system
-
     system = current_system()
     token: str | None = system.settings.admin_token
     if not token:
@@ -57,7 +49,7 @@ def _runner() -> tuple[ProjectionRunner | None, Response | None]:
             "missing or wrong bearer token (Authorization: Bearer <AFTERCALL_ADMIN_TOKEN>)",
             **{"WWW-Authenticate": 'Bearer realm="aftercall"'},
         )
-    runner: ProjectionRunner | None = getattr(system, "projections", None)
+    runner = system.projections
     if runner is None:
         return None, _error(503, "projections are not running in this process")
     return runner, None
@@ -82,6 +74,7 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
 
 
+@api.get("/conversations")
 async def list_conversations() -> Response:
     runner, refused = _runner()
     if refused is not None:
@@ -97,6 +90,7 @@ async def list_conversations() -> Response:
     return jsonify({"conversations": [queries.jsonable(r) for r in rows]})
 
 
+@api.get("/conversations/<path:phone>")
 async def show_conversation(phone: str) -> Response:
     runner, refused = _runner()
     if refused is not None:
@@ -104,7 +98,7 @@ async def show_conversation(phone: str) -> Response:
     assert runner is not None
     try:
         # A '+' in a path may arrive as a space (form decoding); none also means E.164.
-        e164 = normalise_phone("+" + phone.strip().lstrip("+"))
+        e164 = identity_phone("+" + phone.strip().lstrip("+"))
         found = await queries.conversation(runner.models, e164, messages=_int("messages", 50))
     except ValueError as exc:  # InvalidPhone included
         return _error(400, str(exc))
@@ -114,6 +108,7 @@ async def show_conversation(phone: str) -> Response:
     return jsonify(queries.jsonable(found))
 
 
+@api.get("/metrics")
 async def show_metrics() -> Response:
     runner, refused = _runner()
     if refused is not None:

@@ -1,7 +1,7 @@
 """``POST /webhooks/elevenlabs/post-call``: ElevenLabs tells us a call ended.
 
 The handler verifies ``ElevenLabs-Signature``, turns the envelope into a call event with
-``actors.call_rules`` (the batch monitor uses the same rules), appends it to the phone's
+``followup.call_rules`` (the batch monitor uses the same rules), appends it to the phone's
 stream under ``call_event_id(conversation_id)``, wakes the phone actor, and answers 200. A
 second delivery of the same call (ElevenLabs retries, or the monitor came first) is a no-op
 answered like the first.
@@ -32,19 +32,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-from quart import Response, request
-from quart_trio import QuartTrio
+from quart import Blueprint, Response, request
 
-from actors.call_rules import (
+from events.calls import CallCompleted, CallFailed, call_event_id
+from events.codec import to_new_event
+from events.conversation import phone_stream
+from followup.call_rules import (
     InvalidCallData,
     NotAPhoneCall,
     NotFinished,
     call_from_conversation,
     call_from_failure,
 )
-from events.calls import CallCompleted, CallFailed, call_event_id
-from events.codec import to_new_event
-from events.conversation import phone_stream
+from web.context import current_system
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +180,12 @@ def _answer(status: int, body: Mapping[str, Any]) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
+post_call_webhook = Blueprint("elevenlabs_webhooks", __name__)
+
+
+@post_call_webhook.post(PATH)
 async def post_call() -> Response:
     """Verify, record, wake the phone actor, answer; never waits for the follow-up."""
-    from web.app import current_system
-
     system = current_system()
     secret = system.settings.elevenlabs_webhook_secret
     if not secret:
@@ -219,7 +221,3 @@ async def post_call() -> Response:
             "conversation_id": event.conversation_id,
         },
     )
-
-
-def register(app: QuartTrio) -> None:
-    app.add_url_rule(PATH, view_func=post_call, methods=["POST"])

@@ -3,10 +3,11 @@
 Serve it with ``serve_elevenlabs()`` and point the app (or the official SDK) at its
 ``base_url``: the agent WebSocket, the REST calls aftercall uses (signed URLs, batch calling,
 conversations, Twilio outbound calls) and signed post-call webhooks behave as the reference
-in /work/shared/reference/elevenlabs-agents.md describes. Faults, agents, the call clock and
+in docs/reference/elevenlabs-agents.md describes. Faults, agents, the call clock and
 what each session received are reachable as methods and attributes, or over ``/_sandbox``.
 """
 
+from sandbox.elevenlabs._agents import DEFAULT_AGENT_ID, AgentConfig
 from sandbox.elevenlabs._brain import Brain, SessionContext, Turn, context_brain, scripted_brain
 from sandbox.elevenlabs._calls import CallScript, CallTiming, Outcome
 from sandbox.elevenlabs._errors import RequestError
@@ -21,12 +22,7 @@ from sandbox.elevenlabs._records import (
     TranscriptEntry,
 )
 from sandbox.elevenlabs._session import LiveSession
-from sandbox.elevenlabs._standin import (
-    DEFAULT_AGENT_ID,
-    AgentConfig,
-    ElevenLabsStandIn,
-    serve_elevenlabs,
-)
+from sandbox.elevenlabs._standin import ElevenLabsStandIn, serve_elevenlabs
 from sandbox.elevenlabs._webhooks import WebhookDelivery, sign
 
 __all__ = [

@@ -7,22 +7,21 @@ loopback.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from quart import Response
 from quart_trio import QuartTrio
 
+from sandbox.elevenlabs._agents import AgentConfig
 from sandbox.elevenlabs._brain import context_brain, scripted_brain
 from sandbox.elevenlabs._calls import OUTCOMES, CallScript
 from sandbox.elevenlabs._errors import RequestError
 from sandbox.elevenlabs._faults import Faults
 from sandbox.elevenlabs._records import conversation_json
-from sandbox.elevenlabs._server import json_body, json_response
-
-if TYPE_CHECKING:
-    from sandbox.elevenlabs._session import LiveSession
-    from sandbox.elevenlabs._standin import AgentConfig, ElevenLabsStandIn
+from sandbox.elevenlabs._responses import json_body, json_response
+from sandbox.elevenlabs._served import ServedStandIn
+from sandbox.elevenlabs._session import LiveSession
 
 
 def agent_to_json(agent: AgentConfig) -> dict[str, Any]:
@@ -56,8 +55,6 @@ _AGENT_FIELDS = (
 
 def agent_from_json(agent_id: str, body: dict[str, Any]) -> AgentConfig:
     """An agent from JSON; ``"replies": [...]`` gives it a ``scripted_brain``."""
-    from sandbox.elevenlabs._standin import AgentConfig
-
     unknown = set(body) - {*_AGENT_FIELDS, "replies"}
     if unknown:
         raise RequestError.invalid(["body", *sorted(unknown)], "Unknown field")
@@ -111,7 +108,7 @@ def session_to_json(session: LiveSession) -> dict[str, Any]:
     }
 
 
-def register_control_routes(app: QuartTrio, standin: ElevenLabsStandIn) -> None:
+def register_control_routes(app: QuartTrio, standin: ServedStandIn) -> None:
     @app.get("/_sandbox/agents")
     async def list_agents() -> Response:
         return json_response([agent_to_json(a) for a in standin.agents.values()])

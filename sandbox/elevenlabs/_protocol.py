@@ -1,7 +1,7 @@
 """The agent WebSocket protocol as plain functions over values: parse, validate, build.
 
 Nothing here touches a socket or a clock, so every rule of the wire reference
-(/work/shared/reference/elevenlabs-agents.md §1) can be read and tested on its own. The
+(docs/reference/elevenlabs-agents.md §1) can be read and tested on its own. The
 session (``_session.py``) is the only caller that does I/O with these values.
 """
 

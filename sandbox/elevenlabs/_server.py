@@ -1,73 +1,43 @@
 """The QuartTrio app: the REST API and the agent WebSocket on one port, plus ``/_sandbox``.
 
 Handlers only translate HTTP to stand-in calls and back; the decisions live in the stand-in
-and in ``_protocol.py``. Bodies are serialised with ``json.dumps`` so key order and
-``null``s are exactly what the record renderers produced.
+and in ``_protocol.py``. The app is built over a ``ServedStandIn`` (``_served``), not the
+stand-in class, so this module never imports the one that builds it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
 
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
+from sandbox.elevenlabs._control import register_control_routes
 from sandbox.elevenlabs._errors import RequestError
+from sandbox.elevenlabs._protocol import error_event
 from sandbox.elevenlabs._records import (
     batch_detailed_json,
     batch_json,
     conversation_json,
     conversation_summary_json,
 )
-
-if TYPE_CHECKING:
-    from sandbox.elevenlabs._standin import ElevenLabsStandIn
+from sandbox.elevenlabs._responses import (
+    error_response,
+    json_body,
+    json_response,
+    refusal_response,
+)
+from sandbox.elevenlabs._served import ServedStandIn
 
 INVALID_API_KEY = {"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}
-REFUSAL_DETAIL = {
-    429: {"status": "too_many_concurrent_requests", "message": "Too many concurrent requests"},
-    503: {"status": "service_unavailable", "message": "Service temporarily unavailable"},
-}
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data), status=status, content_type="application/json")
-
-
-def error_response(error: RequestError) -> Response:
-    return json_response({"detail": error.detail}, error.status)
-
-
-def refusal_response(status: int) -> Response:
-    detail = REFUSAL_DETAIL.get(status, {"status": "refused", "message": "Refused"})
-    return json_response({"detail": detail}, status)
-
-
-async def json_body() -> dict[str, Any]:
-    """The request's JSON object, or a 422 shaped like FastAPI's."""
-    raw = await request.get_data(as_text=True)
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
-        raise RequestError(
-            422, [{"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}]
-        ) from None
-    if not isinstance(body, dict):
-        raise RequestError(
-            422, [{"loc": ["body"], "msg": "Input should be an object", "type": "dict_type"}]
-        )
-    return body
 
 
 def _flag(name: str) -> bool:
     return request.args.get(name, "false").lower() in ("1", "true", "yes")
 
 
-def build_app(standin: ElevenLabsStandIn) -> QuartTrio:
+def build_app(standin: ServedStandIn) -> QuartTrio:
     """Build the app over ``standin``; called once by the stand-in's constructor."""
-    from sandbox.elevenlabs._control import register_control_routes
-
     app = QuartTrio("sandbox.elevenlabs")
 
     @app.errorhandler(RequestError)
@@ -119,8 +89,6 @@ def build_app(standin: ElevenLabsStandIn) -> QuartTrio:
         admitted = standin.admit(query)
         socket = websocket._get_current_object()  # type: ignore[attr-defined]
         if not isinstance(admitted, tuple):
-            from sandbox.elevenlabs._protocol import error_event
-
             code = admitted.close_code
             await socket.send(json.dumps(error_event(admitted.error_type, admitted.message, code)))
             await socket.close(code, admitted.message)

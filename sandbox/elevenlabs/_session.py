@@ -23,23 +23,21 @@ Timing decisions where the reference is silent or contradictory (§9):
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
 import trio
+from quart.wrappers import Websocket
 
-from sandbox.elevenlabs import _protocol as proto
+import sandbox.elevenlabs._protocol as proto
+from sandbox.elevenlabs._agents import AgentConfig
 from sandbox.elevenlabs._brain import SessionContext, Turn, ask_brain
 from sandbox.elevenlabs._faults import Faults
 from sandbox.elevenlabs._records import ConversationRecord, TranscriptEntry
-
-if TYPE_CHECKING:
-    from quart.wrappers import Websocket
-
-    from sandbox.elevenlabs._standin import AgentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +170,6 @@ class LiveSession:
 
 
 def _dumps(event: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(event)
 
 

@@ -19,17 +19,20 @@ import heapq
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
 import httpx
 import trio
+from quart.wrappers import Websocket
+from quart_trio import QuartTrio
 
+import sandbox.elevenlabs._protocol as proto
 from sandbox._standin_server import serve_standin
-from sandbox.elevenlabs import _protocol as proto
-from sandbox.elevenlabs._brain import Brain, SessionContext, Turn, ask_brain, context_brain
+from sandbox.elevenlabs._agents import DEFAULT_AGENT_ID, AgentConfig, default_agents
+from sandbox.elevenlabs._brain import SessionContext, Turn, ask_brain, context_brain
 from sandbox.elevenlabs._calls import (
     DEFAULT_SCRIPT,
     CallScript,
@@ -54,82 +57,16 @@ from sandbox.elevenlabs._records import (
     conversation_json,
     summarize_transcript,
 )
+from sandbox.elevenlabs._server import build_app
 from sandbox.elevenlabs._session import LiveSession, SessionSettings, run_session
 from sandbox.elevenlabs._webhooks import EVENT_SETTING, WebhookDelivery, WebhookJob, deliver
 
-if TYPE_CHECKING:
-    from quart.wrappers import Websocket
-    from quart_trio import QuartTrio
+__all__ = ["DEFAULT_AGENT_ID", "AgentConfig", "ElevenLabsStandIn", "serve_elevenlabs"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_AGENT_ID = "agent_sandbox"
 DEFAULT_AGENT_NUMBER = "+15550100000"
 WEBHOOK_TIMEOUT_SECONDS = 10.0
-
-
-def _strings(value: Iterable[str]) -> frozenset[str]:
-    if isinstance(value, str):
-        raise TypeError("expected a collection of strings, got one string")
-    return frozenset(value)
-
-
-@attrs.frozen
-class AgentConfig:
-    """One agent as the platform stores it (the parts the stand-in simulates).
-
-    Attributes:
-        first_message: Sent as the first ``agent_response``; ``{{var}}`` placeholders are
-            filled from dynamic variables; ``""`` sends none.
-        allowed_overrides: Dotted paths under ``conversation_config_override`` the client
-            may set ("conversation.text_only", "agent.first_message", "tts.voice_id", ...),
-            plus top-level flags such as "custom_llm_extra_body". Anything else is an
-            ``override_error`` (1008).
-        required_dynamic_variables: Names the prompt uses; a session without them closes
-            with ``missing_dynamic_variable`` (1008).
-        max_duration_seconds: After this long the session gets ``error`` with
-            ``max_duration_exceeded`` (code 1000) and closes 1000, as documented.
-        idle_timeout_seconds: After this long without client input (pongs do not count) the
-            session gets ``error`` with ``transport_receive_timeout`` (code 1002) and closes
-            1002: the AsyncAPI's documented behaviour, chosen over the 1000 an Android SDK PR
-            reports, because it is the one in the official schema. Default 60 s as the
-            schema's description says; ``None`` disables it.
-        stream_text_parts: Send ``agent_chat_response_part`` start/delta/stop before each
-            ``agent_response`` (off by default, as in the default ``client_events``).
-        requires_auth: Private agent: the WebSocket needs a ``conversation_signature`` from
-            ``get-signed-url``.
-        text_only: The agent's own ``conversation.text_only``, used when the client sends
-            no override.
-    """
-
-    agent_id: str
-    first_message: str = ""
-    allowed_overrides: frozenset[str] = attrs.field(default=frozenset(), converter=_strings)
-    required_dynamic_variables: frozenset[str] = attrs.field(
-        default=frozenset(), converter=_strings
-    )
-    max_duration_seconds: float = 600.0
-    idle_timeout_seconds: float | None = 60.0
-    brain: Brain = context_brain
-    name: str = ""
-    stream_text_parts: bool = False
-    requires_auth: bool = False
-    text_only: bool = False
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.agent_id
-
-
-def _default_agents() -> dict[str, AgentConfig]:
-    return {
-        DEFAULT_AGENT_ID: AgentConfig(
-            DEFAULT_AGENT_ID,
-            first_message="Hello! How can I help you today?",
-            allowed_overrides=frozenset({"conversation.text_only"}),
-            name="Sandbox agent",
-        )
-    }
 
 
 @attrs.frozen
@@ -184,7 +121,7 @@ class ElevenLabsStandIn:
         wall_clock: Source of webhook signature timestamps.
     """
 
-    agents: dict[str, AgentConfig] = attrs.field(factory=_default_agents)
+    agents: dict[str, AgentConfig] = attrs.field(factory=default_agents)
     api_key: str | None = None
     webhook_url: str | None = None
     webhook_secret: str | None = None
@@ -222,8 +159,6 @@ class ElevenLabsStandIn:
     _advance_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
 
     def __attrs_post_init__(self) -> None:
-        from sandbox.elevenlabs._server import build_app
-
         self._ids = IdFactory(self.seed)
         self.app = build_app(self)
 

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 WebhookType = Literal["post_call_transcription", "call_initiation_failure"]
 
-#: The settings ``events`` names that enable each webhook type (§5).
+#: The settings ``events`` names that enable each webhook type
+#: (docs/reference/elevenlabs-agents.md §5).
 EVENT_SETTING: dict[str, str] = {
     "post_call_transcription": "transcript",
     "call_initiation_failure": "call_initiation_failure",

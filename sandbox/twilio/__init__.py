@@ -4,10 +4,11 @@ Serve one with ``async with serve_twilio() as twilio:``; point the app's Twilio 
 ``twilio.base_url`` and ``twilio.webhook_url`` at the app; make users speak with
 ``await twilio.user_says("+15551234567", "hi")`` and read what they got with
 ``twilio.received("+15551234567")``. The wire format follows
-/work/shared/reference/twilio-whatsapp.md.
+docs/reference/twilio-whatsapp.md.
 """
 
 from sandbox.twilio._clock import SandboxClock
+from sandbox.twilio._errors import NotServing, NoWebhookUrl
 from sandbox.twilio._faults import ArmedFault, Fault, FaultPlan
 from sandbox.twilio._protocol import (
     CreateRequest,
@@ -26,13 +27,7 @@ from sandbox.twilio._protocol import (
     whatsapp_address,
     window_open,
 )
-from sandbox.twilio._standin import (
-    WINDOW_CLOSED_MESSAGE,
-    NotServing,
-    NoWebhookUrl,
-    TwilioStandIn,
-    serve_twilio,
-)
+from sandbox.twilio._standin import WINDOW_CLOSED_MESSAGE, TwilioStandIn, serve_twilio
 from sandbox.twilio._values import (
     API_VERSION,
     MAX_BODY_CHARS,

@@ -1,6 +1,6 @@
 """Twilio's WhatsApp wire protocol as plain functions over values (no I/O, no clock).
 
-Everything here follows /work/shared/reference/twilio-whatsapp.md: the create-message
+Everything here follows docs/reference/twilio-whatsapp.md: the create-message
 checks and their error codes (§3), the Message resource JSON (§3.2), the list envelope,
 the inbound webhook form (§1.2), the status-callback form (§4), the TwiML a webhook
 answers with (§1.3) and the request signature (§2). The stand-in's server and simulated

@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sandbox._routing import Request, Response, Router, json_response
+from sandbox.twilio._errors import NoWebhookUrl
 from sandbox.twilio._faults import Fault
 from sandbox.twilio._protocol import (
     ListQuery,
@@ -22,10 +23,8 @@ from sandbox.twilio._protocol import (
     new_sid,
     page_json,
 )
+from sandbox.twilio._served import ServedStandIn
 from sandbox.twilio._values import API_VERSION, ApiError, Media
-
-if TYPE_CHECKING:
-    from sandbox.twilio._standin import TwilioStandIn
 
 _ACCOUNT = f"/{API_VERSION}/Accounts/<account_sid>"
 _AUTH_FAILED = ApiError(
@@ -60,7 +59,7 @@ def _payload(request: Request) -> dict[str, Any]:
     return payload if isinstance(payload, dict) else {}
 
 
-def build_app(standin: TwilioStandIn) -> Router:
+def build_app(standin: ServedStandIn) -> Router:
     """The ASGI app serving ``standin``; faults are layered on by the caller."""
     app = Router(not_found=lambda request: _error(_not_found(request.path)))
 
@@ -169,8 +168,6 @@ def build_app(standin: TwilioStandIn) -> Router:
     async def user_says(request: Request) -> Response:
         """A simulated user writes; answers once the app has answered the webhook."""
         phone = request.params["phone"]
-        from sandbox.twilio._standin import NoWebhookUrl
-
         payload = _payload(request)
         try:
             media = [

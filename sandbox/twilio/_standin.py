@@ -4,12 +4,18 @@ Protocol rules live in ``_protocol`` as plain functions; this module holds the s
 functions read and does the I/O around them: posting inbound messages and status callbacks
 to the app with httpx, and walking each outbound message through sent → delivered → read on
 trio's clock in a task owned by ``serve_twilio``'s nursery.
+
+The webhooks go out through ``httpx.AsyncClient`` with httpx's own transport (httpcore), a
+client that shares no code with aftercall's: the stand-in plays the outside world, so a bug
+in aftercall's HTTP client cannot hide on both ends of an end-to-end test.
 """
 
 from __future__ import annotations
 
+import functools
+import ssl
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Literal
 from urllib.parse import urlencode
@@ -18,9 +24,9 @@ import attrs
 import httpx
 import trio
 
-from actors.http1 import Answer, Http1Transport, Target
 from sandbox._standin_server import serve_standin
 from sandbox.twilio._clock import SandboxClock
+from sandbox.twilio._errors import NotServing, NoWebhookUrl
 from sandbox.twilio._faults import ASGIApp, Fault, FaultPlan, faulting
 from sandbox.twilio._protocol import (
     CreateRequest,
@@ -36,6 +42,7 @@ from sandbox.twilio._protocol import (
     whatsapp_address,
     window_open,
 )
+from sandbox.twilio._server import build_app
 from sandbox.twilio._values import (
     SANDBOX_ACCOUNT_SID,
     SANDBOX_AUTH_TOKEN,
@@ -55,14 +62,39 @@ WINDOW_CLOSED_MESSAGE = (
 )
 #: Signs ``bad_signature`` deliveries: well-formed, but not from this account's token.
 _WRONG_TOKEN = "00000000000000000000000000000000"
+#: Seconds to open a connection to the app; a failure is retried once (Twilio's ``ct``).
+CONNECT_TIMEOUT = 5.0
+#: Idle keep-alive connections older than this are not reused (httpcore's default, and what
+#: the stand-in used before): servers drop idle connections after a few seconds.
+KEEPALIVE_EXPIRY = 5.0
+#: Connections one webhook client keeps open between requests, one per origin it posts to
+#: (the app's webhook and status-callback URLs: usually one origin, at most a few).
+ORIGINS_PER_CLIENT = 4
+#: httpcore's trace event for the first byte of a request on an open connection: where
+#: the webhook deadline starts, as connecting has a deadline of its own.
+_REQUEST_STARTED = "http11.send_request_headers.started"
+_FORM = "application/x-www-form-urlencoded"
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "KEEPALIVE_EXPIRY",
+    "WINDOW_CLOSED_MESSAGE",
+    "NoWebhookUrl",
+    "NotServing",
+    "TwilioStandIn",
+    "WebhookAnswer",
+    "WebhookClients",
+    "serve_twilio",
+]
 
 
-class NotServing(RuntimeError):
-    """The stand-in was asked to make a request before ``serve_twilio`` started it."""
+@attrs.frozen
+class WebhookAnswer:
+    """What the app answered a webhook or status callback: the parts Twilio judges."""
 
-
-class NoWebhookUrl(RuntimeError):
-    """A simulated user spoke, but nobody told the stand-in where the app listens."""
+    status: int
+    content_type: str | None
+    body: bytes
 
 
 @attrs.define(eq=False)
@@ -113,12 +145,9 @@ class TwilioStandIn:
     _in_flight: trio.CapacityLimiter = attrs.field(init=False, repr=False)
     app: ASGIApp = attrs.field(init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
-    _http: Http1Transport | None = attrs.field(default=None, init=False, repr=False)
-    _targets: dict[str, Target] = attrs.field(factory=dict, init=False, repr=False)
+    _http: WebhookClients | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        from sandbox.twilio._server import build_app
-
         self.app = faulting(build_app(self), self.faults)
         self._in_flight = trio.CapacityLimiter(self.webhook_concurrency)
 
@@ -174,7 +203,7 @@ class TwilioStandIn:
         as a Twilio retry would; ``bad_signature`` signs with the wrong token. TwiML
         ``<Message>`` replies in the answers are recorded as ``outbound-reply``.
         """
-        http, _ = self._serving()
+        self._serving()
         if self.webhook_url is None:
             raise NoWebhookUrl("set TwilioStandIn.webhook_url before a user speaks")
         user = e164(phone)
@@ -214,7 +243,7 @@ class TwilioStandIn:
         token = str(uuid.uuid4())
         url = self.webhook_url
         for _ in range(2 if duplicate else 1):
-            replies = await self._post(http, "inbound", url, params, sid, token, bad_signature)
+            replies = await self._post("inbound", url, params, sid, token, bad_signature)
             if replies:
                 self._record_replies(user, replies)
         return sid
@@ -291,7 +320,7 @@ class TwilioStandIn:
         path = f"{messages_path(self.account_sid)}/{item.message_sid}/Media/{item.sid}"
         return f"{self.base_url}{path}"
 
-    def _serving(self) -> tuple[Http1Transport, trio.Nursery]:
+    def _serving(self) -> tuple[WebhookClients, trio.Nursery]:
         if self._http is None or self._nursery is None:
             raise NotServing("use `async with serve_twilio(standin)` first")
         return self._http, self._nursery
@@ -329,17 +358,15 @@ class TwilioStandIn:
         )
         self.messages[sid] = record
         if self.status_callbacks and record.status_callback:
-            http, _ = self._serving()
             params = status_params(record, channel_install_sid=self.channel_install_sid)
             await self._post(
-                http, "status", record.status_callback, params, sid, str(uuid.uuid4()), False
+                "status", record.status_callback, params, sid, str(uuid.uuid4()), False
             )
 
     # ------------------------------------------------------------------ requests to the app
 
     async def _post(
         self,
-        http: Http1Transport,
         kind: Literal["inbound", "status"],
         url: str,
         params: dict[str, str],
@@ -353,30 +380,21 @@ class TwilioStandIn:
         outcome is recorded in ``deliveries`` with the debugger code Twilio would log.
         """
         token = _WRONG_TOKEN if bad_signature else self.auth_token
-        headers = [
-            (b"user-agent", b"TwilioProxy/1.1"),
-            (b"accept", b"*/*"),
-            (b"x-home-region", b"us1"),
-            (b"i-twilio-idempotency-token", idempotency_token.encode()),
-            (b"x-twilio-signature", sign(token, url, params).encode()),
-        ]
-        # Straight to the transport as bytes: httpx's client layers and models cost the
-        # benchmark's load more CPU than the exchange itself.
+        headers = {
+            "user-agent": "TwilioProxy/1.1",
+            "accept": "*/*",
+            "x-home-region": "us1",
+            "i-twilio-idempotency-token": idempotency_token,
+            "x-twilio-signature": sign(token, url, params),
+            "content-type": _FORM,
+        }
         body = urlencode(params).encode("ascii")
-        headers.append((b"content-type", b"application/x-www-form-urlencoded"))
-        headers.append((b"content-length", str(len(body)).encode()))
-        target = self._targets.get(url)
-        if target is None:
-            target = self._targets[url] = Target.of(url)
-        response: Answer | None = None
+        answer: WebhookAnswer | None = None
         code: int | None = None
         for attempt in range(2):
             try:
                 async with self._in_flight:
-                    response = await http.request(
-                        b"POST", target, headers, body,
-                        answer_within=self.webhook_timeout, connect_within=5.0,
-                    )  # fmt: skip
+                    answer = await self._exchange(url, headers, body)
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 code = 11205
                 if attempt == 0:
@@ -389,33 +407,133 @@ class TwilioStandIn:
                 code = None
             break
         replies: list[TwimlReply] | None = None
-        if response is not None:
-            code, replies = _judge(kind, response)
+        if answer is not None:
+            code, replies = _judge(kind, answer)
         self.deliveries.append(
             Delivery(
                 kind=kind,
                 url=url,
                 params=tuple(params.items()),
                 message_sid=sid,
-                status_code=None if response is None else response.status,
+                status_code=None if answer is None else answer.status,
                 debugger_code=code,
             )
         )
         return replies
 
+    async def _exchange(self, url: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
+        """One POST to the app, its whole answer read; raises httpx's errors.
 
-def _judge(kind: str, response: Answer) -> tuple[int | None, list[TwimlReply] | None]:
+        ``webhook_timeout`` bounds the exchange once connected, as one deadline from the
+        request's first byte to the answer's last (httpx's read timeout restarts at every
+        read, and a server that trickles its answer is as stuck as a silent one); the
+        connection has ``CONNECT_TIMEOUT`` of its own. ``benchmarks.standin_webhooks``
+        overrides this method to compare HTTP clients under the same stand-in.
+        """
+        clients, _ = self._serving()
+        seconds = self.webhook_timeout
+        exchange = trio.CancelScope()
+
+        async def trace(event: str, info: Mapping[str, object]) -> None:
+            if event == _REQUEST_STARTED:
+                exchange.deadline = trio.current_time() + seconds
+
+        http = clients.lend()
+        try:
+            with exchange:
+                response = await http.post(
+                    url,
+                    content=body,
+                    headers=headers,
+                    timeout=httpx.Timeout(seconds, connect=CONNECT_TIMEOUT),
+                    extensions={"trace": trace},
+                )
+                return WebhookAnswer(
+                    response.status_code, response.headers.get("content-type"), response.content
+                )
+        finally:
+            clients.give_back(http)
+        # Only the deadline set above cancels this scope; httpcore has closed the connection.
+        raise httpx.ReadTimeout(f"no answer within {seconds:g} s")
+
+
+def _judge(kind: str, answer: WebhookAnswer) -> tuple[int | None, list[TwimlReply] | None]:
     """The debugger code for an answer, and the TwiML replies in it (inbound only)."""
-    if response.status >= 400:
+    if answer.status >= 400:
         return 11217, None
-    if kind == "status" or response.status == 204:
+    if kind == "status" or answer.status == 204:
         return None, None
-    if not response.header(b"content-type"):
+    if not answer.content_type:
         return 12300, None
     try:
-        return None, parse_twiml(response.body.decode("utf-8", "replace"))
+        return None, parse_twiml(answer.body.decode("utf-8", "replace"))
     except TwimlError:
         return 12100, None
+
+
+@attrs.define(eq=False)
+class WebhookClients:
+    """The httpx clients webhooks and status callbacks go out through, each lent to one
+    request at a time; the most recently returned is lent first, so a steady load reuses the
+    same kept-alive connections, as many as requests run at once.
+
+    Why several clients and not one: httpcore's pool (1.0.9) walks all its connections,
+    polling each socket, and for each idle one counts them all again, whenever a request
+    starts or ends (encode/httpcore#1035). With one client holding ``webhook_concurrency``
+    (64) connections the stand-in spent 1.5-2 ms of CPU per webhook, mostly there; with a
+    client per request in flight, each holding its own connection, 0.6-0.8 ms, against
+    0.3 ms through aftercall's own transport before (``benchmarks/standin_webhooks.py``).
+    Made on demand: no more exist than requests ever ran at once, which
+    ``TwilioStandIn.webhook_concurrency`` bounds.
+    """
+
+    _idle: list[httpx.AsyncClient] = attrs.field(factory=list, init=False)
+    _made: list[httpx.AsyncClient] = attrs.field(factory=list, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def lend(self) -> httpx.AsyncClient:
+        if self._closed:
+            raise NotServing("the stand-in has stopped serving")
+        if self._idle:
+            return self._idle.pop()
+        client = httpx.AsyncClient(
+            verify=_tls_context(),
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=ORIGINS_PER_CLIENT,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
+            # The app is reached directly, whatever proxy the environment names.
+            trust_env=False,
+        )
+        # httpx's own default headers (its User-Agent, Accept-Encoding, Connection) are not
+        # Twilio's: every request brings exactly the headers Twilio sends.
+        client.headers.clear()
+        self._made.append(client)
+        return client
+
+    def give_back(self, client: httpx.AsyncClient) -> None:
+        if not self._closed:
+            self._idle.append(client)
+
+    async def __aenter__(self) -> WebhookClients:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._closed = True
+        self._idle.clear()
+        # Shielded: closing local sockets does not block, and a close interrupted by the
+        # caller's cancellation would leave the other clients' sockets open.
+        with trio.CancelScope(shield=True):
+            for client in self._made:
+                await client.aclose()
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every webhook client in the process, with the system's
+    certificates (as before); built on first use, as building one takes ~20 ms."""
+    return ssl.create_default_context()
 
 
 @asynccontextmanager
@@ -428,12 +546,8 @@ async def serve_twilio(
     server, then cancels whatever callbacks were still waiting.
     """
     standin = standin if standin is not None else TwilioStandIn()
-    # Webhooks go out through aftercall's lean HTTP/1.1 transport, as its Twilio requests
-    # do: httpx's default pool scans every pooled connection for every request, which made
-    # this client the costliest part of the stand-in under load. ``webhook_concurrency``
-    # bounds the requests (and so the connections) in flight.
     async with (
-        Http1Transport(max_idle_per_origin=standin.webhook_concurrency) as http,
+        WebhookClients() as http,
         trio.open_nursery() as nursery,
     ):
         standin._http, standin._nursery = http, nursery

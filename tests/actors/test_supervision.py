@@ -12,7 +12,6 @@ from actors import (
     Restart,
     Stop,
     SupervisionPolicy,
-    backoff_delay,
     decide_after_crash,
     describe_failure,
     validate_actor_id,
@@ -24,20 +23,6 @@ from events.supervision import ActorStopped, supervision_stream
 EXACT = SupervisionPolicy(
     max_restarts=5, within_seconds=30, backoff_initial=0.1, backoff_max=1, jitter=0
 )
-
-
-def test_backoff_doubles_up_to_the_cap() -> None:
-    rng = random.Random(1)
-    assert [backoff_delay(EXACT, n, rng) for n in range(6)] == [0.1, 0.2, 0.4, 0.8, 1, 1]
-    assert backoff_delay(EXACT, 10_000, rng) == 1  # no overflow however long it goes on
-
-
-def test_jitter_shortens_the_delay_by_at_most_its_fraction() -> None:
-    policy = SupervisionPolicy(backoff_initial=1, backoff_max=10, jitter=0.5)
-    rng = random.Random(7)
-    delays = [backoff_delay(policy, 2, rng) for _ in range(1000)]
-    assert all(2 <= d <= 4 for d in delays)
-    assert max(delays) - min(delays) > 1  # spread out, not in lock-step
 
 
 def test_restarts_until_the_limit_then_stops() -> None:

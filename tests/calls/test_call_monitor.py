@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from actors.call_monitor import MonitorStatus
 from events.batches import batch_stream, monitor_stream
 from events.store import EventStore, RecordedEvent
+from followup.call_monitor import MonitorStatus
 from sandbox.elevenlabs import CallScript, ElevenLabsStandIn, Faults
 from sandbox.twilio import TwilioStandIn
 from tests.e2e.harness import Aftercall, of_type, running_aftercall

@@ -15,8 +15,18 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
-from actors.call_monitor import MonitorSettings, open_call_monitor
-from actors.call_rules import (
+from clients.elevenlabs.api import (
+    BatchSummary,
+    ElevenLabsAPI,
+    ElevenLabsRejected,
+    ElevenLabsUnavailable,
+    Recipient,
+)
+from events.batches import BatchFinished, RecipientSettled
+from events.calls import CallCompleted, CallFailed
+from events.store import EventStore
+from followup.call_monitor import MonitorSettings, open_call_monitor
+from followup.call_rules import (
     AlreadySettled,
     BatchProgress,
     FetchConversation,
@@ -30,19 +40,9 @@ from actors.call_rules import (
     poll_delay,
     worth_a_look,
 )
-from actors.elevenlabs_api import (
-    BatchSummary,
-    ElevenLabsAPI,
-    ElevenLabsRejected,
-    ElevenLabsUnavailable,
-    Recipient,
-)
-from events.batches import BatchFinished, RecipientSettled
-from events.calls import CallCompleted, CallFailed
-from events.store import EventStore
-from sandbox._http import serve_asgi
 from sandbox.elevenlabs import sign
 from web.post_call import WebhookRejected, verify_signature
+from web.serving import serve_asgi
 
 SECRET = "wsec_rules_0123456789"
 NOW = 1_800_000_000.0

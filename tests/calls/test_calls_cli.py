@@ -10,8 +10,8 @@ from pathlib import Path
 
 import trio
 
-from actors.elevenlabs_api import ElevenLabsAPI
 from aftercall.calls_cli import process_command
+from clients.elevenlabs.api import ElevenLabsAPI
 from events.batches import batch_stream
 from events.store import EventStore
 from sandbox.elevenlabs import CallScript, ElevenLabsStandIn, serve_elevenlabs

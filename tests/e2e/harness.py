@@ -18,16 +18,17 @@ from typing import Any
 import attrs
 import trio
 
+from aftercall.settings import SettingsError
 from aftercall.system import System, run_system
 from events.calls import CallCompleted, TranscriptLine, call_event_id
 from events.codec import to_new_event
 from events.conversation import delivery_stream, phone_stream
 from events.store import EventStore, RecordedEvent
-from sandbox._http import serve_asgi
 from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
 from sandbox.environment import free_port, stand_in_environment
 from sandbox.twilio import TwilioStandIn, serve_twilio
-from web.app import TrioOnly, create_app
+from web.factory import TrioOnly, create_app
+from web.serving import serve_asgi
 
 SUMMARY = "Ana asked about her October invoice; we promised a refund of 20 euros by Friday."
 
@@ -127,7 +128,9 @@ async def running_aftercall(
             "AFTERCALL_TURN_TIMEOUT": "5",
             **(env or {}),
         }
-        app = create_app(partial(run_system, environ=environ, store=store))
+        app = create_app(
+            partial(run_system, environ=environ, store=store), quiet_errors=(SettingsError,)
+        )
         async with serve_asgi(TrioOnly(app), port=port) as url:
             system: System = app.config["AFTERCALL_SYSTEM"]
             yield Aftercall(el, tw, system, store, url)

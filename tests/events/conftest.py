@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from events.postgres import PostgresEventStore, open_postgres_store
+from events.postgres_bridge import PostgresOptions
 from tests.postgres_server import PostgresServer, new_schema_name, psql, sweep_dead_schemas
 
 Terminate = Callable[..., Awaitable[int]]
@@ -54,7 +55,9 @@ def pg_app(pg_schema: str) -> str:
 @pytest.fixture
 async def pg_store(pg_dsn: str, pg_schema: str, pg_app: str) -> AsyncIterator[PostgresEventStore]:
     async with open_postgres_store(
-        pg_dsn, schema=pg_schema, application_name=pg_app, pool_size=4, fallback_interval=0.2
+        pg_dsn,
+        PostgresOptions(schema=pg_schema, application_name=pg_app, pool_size=4),
+        fallback_interval=0.2,
     ) as store:
         yield store
 

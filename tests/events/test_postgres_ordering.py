@@ -22,12 +22,8 @@ import attrs
 import trio
 
 from events._group_commit import AppendRequest
-from events.postgres import (
-    Connection,
-    PostgresEventStore,
-    _WriterConnection,
-    open_postgres_store,
-)
+from events.postgres import PostgresEventStore, _WriterConnection, open_postgres_store
+from events.postgres_bridge import Connection, PostgresOptions
 from events.store import NewEvent, RecordedEvent, encode_payloads, tail
 
 WRITERS = 24
@@ -73,7 +69,7 @@ async def test_tailing_reader_sees_every_event_once_in_a_stable_order(
     rng = random.Random(20240611)
     async with (
         open_postgres_store(
-            pg_dsn, schema=pg_schema, application_name=pg_app, pool_size=3
+            pg_dsn, PostgresOptions(schema=pg_schema, application_name=pg_app, pool_size=3)
         ) as store,
         AsyncExitStack() as stack,
     ):
@@ -155,7 +151,7 @@ async def test_without_the_lock_a_tailing_reader_misses_events(
     written: set[uuid.UUID] = set()
     seen: set[uuid.UUID] = set()
     async with open_postgres_store(
-        pg_dsn, schema=pg_schema, application_name=pg_app, pool_size=WRITERS + 2
+        pg_dsn, PostgresOptions(schema=pg_schema, application_name=pg_app, pool_size=WRITERS + 2)
     ) as store:
 
         async def writer(index: int) -> None:

@@ -23,13 +23,8 @@ import trio
 import events.postgres as pg
 from events._group_commit import AppendRequest
 from events.migrations import POSTGRES_MIGRATIONS
-from events.postgres import (
-    Connection,
-    Database,
-    PostgresEventStore,
-    open_database,
-    open_postgres_store,
-)
+from events.postgres import PostgresEventStore, open_postgres_store
+from events.postgres_bridge import Connection, Database, PostgresOptions, open_database
 from events.store import (
     NO_STREAM,
     InvalidEvent,
@@ -80,7 +75,8 @@ async def test_waiters_wake_on_another_processes_commit_after_the_listener_came_
         head = await pg_store.head()
         async with (
             open_postgres_store(
-                pg_dsn, schema=pg_schema, application_name=f"{pg_app}-b", pool_size=2
+                pg_dsn,
+                PostgresOptions(schema=pg_schema, application_name=f"{pg_app}-b", pool_size=2),
             ) as other,
             trio.open_nursery() as nursery,
         ):
@@ -115,7 +111,8 @@ async def test_while_the_listener_is_down_waiters_re_check(
 
         async with (
             open_postgres_store(
-                pg_dsn, schema=pg_schema, application_name=f"{pg_app}-b", pool_size=2
+                pg_dsn,
+                PostgresOptions(schema=pg_schema, application_name=f"{pg_app}-b", pool_size=2),
             ) as other,
             trio.open_nursery() as nursery,
         ):
@@ -139,7 +136,7 @@ async def test_database_down_at_start_up_is_one_clear_line_without_the_password(
     dsn = f"postgresql://aftercall:s3cret-Pa55@127.0.0.1:{port}/test"
     started = trio.current_time()
     with trio.fail_after(10), pytest.raises(StoreUnavailable) as info:
-        async with open_postgres_store(dsn, startup_retry_for=0.5):
+        async with open_postgres_store(dsn, PostgresOptions(startup_retry_for=0.5)):
             pytest.fail("opened a store on a closed port")
     message = str(info.value)
     assert f"127.0.0.1:{port}" in message
@@ -163,7 +160,7 @@ async def test_two_stores_opening_on_a_fresh_schema_take_turns_migrating(
 
     async def open_and_append(name: str, opened: trio.Event, done: trio.Event) -> None:
         async with open_postgres_store(
-            pg_dsn, schema=pg_schema, application_name=pg_app, pool_size=2
+            pg_dsn, PostgresOptions(schema=pg_schema, application_name=pg_app, pool_size=2)
         ) as store:
             opened.set()
             await store.append("counter-race", [ev(len(name))])
@@ -181,7 +178,7 @@ async def test_two_stores_opening_on_a_fresh_schema_take_turns_migrating(
                 await trio.testing.wait_all_tasks_blocked()
             events[2].set()
     assert sorted(versions)[-1] == 2
-    async with open_database(pg_dsn, schema=pg_schema, pool_size=1) as database:
+    async with open_database(pg_dsn, PostgresOptions(schema=pg_schema, pool_size=1)) as database:
         rows = await database.fetch("SELECT version FROM schema_migrations")
     assert [r["version"] for r in rows] == [m.version for m in POSTGRES_MIGRATIONS]
 
@@ -222,7 +219,7 @@ async def test_bridge_calls_from_tasks_outside_the_loops_scope(
 
     async def owner(*, task_status: trio.TaskStatus[PostgresEventStore]) -> None:
         async with open_postgres_store(
-            pg_dsn, schema=pg_schema, application_name=pg_app, pool_size=3
+            pg_dsn, PostgresOptions(schema=pg_schema, application_name=pg_app, pool_size=3)
         ) as store:
             task_status.started(store)
             await trio.sleep_forever()
@@ -439,7 +436,7 @@ async def test_two_batches_in_flight_decide_every_append_once(
 ) -> None:
     """``writers=2``: two batches commit concurrently, each decided under the log's lock."""
     async with open_postgres_store(
-        pg_dsn, schema=pg_schema, application_name=pg_app, pool_size=2, writers=2
+        pg_dsn, PostgresOptions(schema=pg_schema, application_name=pg_app, pool_size=2), writers=2
     ) as store:
         conflicts: list[WrongExpectedVersion] = []
 

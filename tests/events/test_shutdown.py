@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 from events.postgres import open_postgres_store
+from events.postgres_bridge import PostgresOptions
 from events.sqlite import open_sqlite_store
 from events.store import AppendResult, NewEvent
 from tests.postgres_server import PostgresServer, new_schema_name, psql
@@ -35,7 +36,7 @@ async def test_postgres_writer_outlives_a_cancelled_owner(postgres: PostgresServ
     results: list[AppendResult] = []
     try:
         with trio.fail_after(30), trio.CancelScope() as service:
-            async with open_postgres_store(postgres.dsn, schema=schema) as store:
+            async with open_postgres_store(postgres.dsn, PostgresOptions(schema=schema)) as store:
                 service.cancel()
                 with trio.CancelScope(shield=True):
                     await trio.testing.wait_all_tasks_blocked()

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from aftercall.storage import open_read_models
 from events.store import EventStore
 from projections.model import Projection
 from projections.readmodels import ReadModels
-from projections.runner import ALL_PROJECTIONS, open_read_models
+from projections.runner import ALL_PROJECTIONS
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from events.postgres import Connection, open_postgres_store
+from events.postgres import open_postgres_store
+from events.postgres_bridge import Connection, PostgresOptions
 from projections.metrics import METRICS
 from projections.postgres import PostgresReadModels, delete_sql, load_sql
 from projections.runner import ALL_PROJECTIONS
@@ -24,7 +25,7 @@ async def test_a_page_finds_its_rows_by_index_even_when_statistics_are_stale(
     busy hour between analyses): what the planner believed when ``key = ANY($1)`` turned
     a page's load into a scan comparing each row with each of its hundreds of keys."""
     [table] = [t for t in METRICS.tables if t.name == "metric_messages"]
-    async with open_postgres_store(postgres.dsn, schema=pg_schema) as store:
+    async with open_postgres_store(postgres.dsn, PostgresOptions(schema=pg_schema)) as store:
         models = PostgresReadModels(store.database)
         await models.prepare(ALL_PROJECTIONS)
 

@@ -19,7 +19,6 @@ import trio.testing
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from sandbox._http import serve_asgi
 from sandbox.elevenlabs import (
     AgentConfig,
     CallScript,
@@ -29,6 +28,7 @@ from sandbox.elevenlabs import (
     sign,
 )
 from tests.sandbox.test_elevenlabs_ws import ask, next_event, session
+from web.serving import serve_asgi
 
 API_KEY = "sk_sandbox_test_key"
 SECRET = "wsec_0123456789abcdef"

@@ -15,7 +15,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from sandbox._http import serve_asgi
+from web.serving import serve_asgi
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
 

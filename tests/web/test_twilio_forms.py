@@ -6,8 +6,8 @@ from urllib.parse import urlencode
 
 import pytest
 
+from clients.twilio.forms import MAX_FIELDS, FormError, parse_form, signature_is_valid
 from sandbox.twilio._protocol import inbound_params, sign
-from web.twilio_forms import MAX_FIELDS, FormError, parse_form, signature_is_valid
 
 URL = "https://aftercall.example/webhooks/twilio/whatsapp"
 TOKEN = "12345678901234567890123456789012"
