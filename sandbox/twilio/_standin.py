@@ -546,16 +546,20 @@ async def serve_twilio(
     server, then cancels whatever callbacks were still waiting.
     """
     standin = standin if standin is not None else TwilioStandIn()
-    async with (
-        WebhookClients() as http,
-        trio.open_nursery() as nursery,
-    ):
-        standin._http, standin._nursery = http, nursery
-        try:
-            async with serve_standin(standin.app, host, port) as url:
-                standin.base_url = url
-                yield standin
-        finally:
-            standin._http = standin._nursery = None
-            standin.base_url = None
-            nursery.cancel_scope.cancel()
+    try:
+        async with (
+            WebhookClients() as http,
+            trio.open_nursery() as nursery,
+        ):
+            standin._http, standin._nursery = http, nursery
+            try:
+                async with serve_standin(standin.app, host, port) as url:
+                    standin.base_url = url
+                    yield standin
+            finally:
+                standin.base_url = None
+                nursery.cancel_scope.cancel()
+    finally:
+        # Only once every callback task has ended: a task whose sleep ended in the same
+        # tick as the cancel runs on until its next checkpoint and must still find them.
+        standin._http = standin._nursery = None
