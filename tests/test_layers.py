@@ -8,6 +8,7 @@ other. Each test fails naming every offending import, so a broken rule says wher
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +241,13 @@ def test_asyncpg_and_trio_asyncio_only_through_the_bridge() -> None:
 )
 def test_the_cycle_finder_finds_cycles(edges: dict[str, set[str]], cycles: list[list[str]]) -> None:
     assert _cycles(edges) == cycles
+
+
+def test_every_package_is_installed_and_type_checked() -> None:
+    """`pip install .` ships every layer (the `aftercall` command runs from anywhere, not
+    from the checkout) and mypy checks each one."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    shipped = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    checked = config["tool"]["mypy"]["packages"]
+    assert [p for p in PACKAGES if f"{p}*" not in shipped] == []
+    assert [p for p in PACKAGES if p not in checked] == []
