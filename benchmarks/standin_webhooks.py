@@ -1,5 +1,6 @@
-"""What the Twilio stand-in spends delivering webhooks: through httpx (what it uses now)
-against aftercall's own HTTP/1.1 transport (what it used before), in the same run.
+"""What the Twilio stand-in spends delivering webhooks: through the sandbox's own h11 client
+(what it uses now) against aftercall's own HTTP/1.1 transport (what it used before, until the
+sandbox stopped sharing code with the product) and against httpx, in the same run.
 
 Run by hand, never from the tests::
 
@@ -13,11 +14,13 @@ own h11 server (the leanest at hand), so this process's CPU time is the stand-in
 making the users' messages, signing them, and the HTTP client. The paths differ only in
 `TwilioStandIn._exchange`:
 
-- new: the stand-in as it is, httpx clients lent one request at a time (`WebhookClients`);
+- new: the stand-in as it is, ``sandbox._webhook_client.WebhookClient`` (h11, one write per
+  request, a stack of idle connections);
 - old: the baseline, the code it had before, bytes straight to ``Http1Transport.request``;
-- one client: httpx with a single ``AsyncClient`` holding every connection, the obvious
-  port, which httpcore's pool bookkeeping (quadratic in its connections) makes costly;
-  kept to show when `WebhookClients` stops being worth its lines (a fixed httpcore).
+- httpx: a single ``httpx.AsyncClient`` holding every connection, the well-kept library this
+  hand-written client must beat to be worth its lines (httpcore writes the headers and the
+  body separately, and its pool bookkeeping is quadratic in its connections,
+  encode/httpcore#1035).
 
 Rounds alternate between the paths, as a machine's speed drifts within a run; the table
 gives each path's median round.
@@ -216,7 +219,7 @@ async def measure(path: str, url: str, server_pid: int, deliveries: int, concurr
         standins: dict[str, Callable[[], TwilioStandIn]] = {
             "new": lambda: TwilioStandIn(webhook_concurrency=concurrency),
             "old": lambda: Http1StandIn(transport=transport, webhook_concurrency=concurrency),
-            "one client": lambda: OneClientStandIn(client=client, webhook_concurrency=concurrency),
+            "httpx": lambda: OneClientStandIn(client=client, webhook_concurrency=concurrency),
         }
         async with serve_twilio(standins[path]()) as twilio:
             twilio.webhook_url = url
@@ -253,8 +256,8 @@ async def run(deliveries: int, concurrency: int, rounds: int) -> list[Round]:
 
 LABELS = {
     "old": "old: aftercall's Http1Transport (baseline)",
-    "new": "new: httpx, clients lent one at a time",
-    "one client": "httpx, one AsyncClient for all (not used)",
+    "new": "new: the sandbox's own h11 client",
+    "httpx": "httpx, one AsyncClient (not used)",
 }
 PATHS = tuple(LABELS)
 
@@ -272,7 +275,7 @@ def table(results: list[Round]) -> str:
         medians[path] = (cpu, rate)
         rows.append(f"{LABELS[path]:<44} {cpu:>13.3f} {rate:>13,.0f} {server:>18.3f}")
     old_cpu, old_rate = medians["old"]
-    for path in ("new", "one client"):
+    for path in ("new", "httpx"):
         cpu, rate = medians[path]
         rows.append(
             f"{path} / old: {cpu / old_cpu:.2f}x the CPU per delivery, "

@@ -2,18 +2,16 @@
 
 Protocol rules live in ``_protocol`` as plain functions; this module holds the state those
 functions read and does the I/O around them: posting inbound messages and status callbacks
-to the app with httpx, and walking each outbound message through sent → delivered → read on
+to the app, and walking each outbound message through sent → delivered → read on
 trio's clock in a task owned by ``serve_twilio``'s nursery.
 
-The webhooks go out through ``httpx.AsyncClient`` with httpx's own transport (httpcore), a
-client that shares no code with aftercall's: the stand-in plays the outside world, so a bug
-in aftercall's HTTP client cannot hide on both ends of an end-to-end test.
+The webhooks go out through the sandbox's own HTTP client (``sandbox._webhook_client``),
+which shares no code with aftercall's: the stand-in plays the outside world, so a bug in
+aftercall's HTTP client cannot hide on both ends of an end-to-end test.
 """
 
 from __future__ import annotations
 
-import functools
-import ssl
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -21,10 +19,15 @@ from typing import Literal
 from urllib.parse import urlencode
 
 import attrs
-import httpx
 import trio
 
 from sandbox._standin_server import serve_standin
+from sandbox._webhook_client import (
+    WebhookClient,
+    WebhookConnectError,
+    WebhookTimeout,
+    WebhookTransportError,
+)
 from sandbox.twilio._clock import SandboxClock
 from sandbox.twilio._errors import NotServing, NoWebhookUrl
 from sandbox.twilio._faults import ASGIApp, Fault, FaultPlan, faulting
@@ -67,12 +70,6 @@ CONNECT_TIMEOUT = 5.0
 #: Idle keep-alive connections older than this are not reused (httpcore's default, and what
 #: the stand-in used before): servers drop idle connections after a few seconds.
 KEEPALIVE_EXPIRY = 5.0
-#: Connections one webhook client keeps open between requests, one per origin it posts to
-#: (the app's webhook and status-callback URLs: usually one origin, at most a few).
-ORIGINS_PER_CLIENT = 4
-#: httpcore's trace event for the first byte of a request on an open connection: where
-#: the webhook deadline starts, as connecting has a deadline of its own.
-_REQUEST_STARTED = "http11.send_request_headers.started"
 _FORM = "application/x-www-form-urlencoded"
 
 __all__ = [
@@ -83,7 +80,6 @@ __all__ = [
     "NotServing",
     "TwilioStandIn",
     "WebhookAnswer",
-    "WebhookClients",
     "serve_twilio",
 ]
 
@@ -145,7 +141,7 @@ class TwilioStandIn:
     _in_flight: trio.CapacityLimiter = attrs.field(init=False, repr=False)
     app: ASGIApp = attrs.field(init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
-    _http: WebhookClients | None = attrs.field(default=None, init=False, repr=False)
+    _http: WebhookClient | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.app = faulting(build_app(self), self.faults)
@@ -320,7 +316,7 @@ class TwilioStandIn:
         path = f"{messages_path(self.account_sid)}/{item.message_sid}/Media/{item.sid}"
         return f"{self.base_url}{path}"
 
-    def _serving(self) -> tuple[WebhookClients, trio.Nursery]:
+    def _serving(self) -> tuple[WebhookClient, trio.Nursery]:
         if self._http is None or self._nursery is None:
             raise NotServing("use `async with serve_twilio(standin)` first")
         return self._http, self._nursery
@@ -395,13 +391,13 @@ class TwilioStandIn:
             try:
                 async with self._in_flight:
                     answer = await self._exchange(url, headers, body)
-            except (httpx.ConnectError, httpx.ConnectTimeout):
+            except WebhookConnectError:
                 code = 11205
                 if attempt == 0:
                     continue
-            except httpx.TimeoutException:
+            except WebhookTimeout:
                 code = 11205
-            except httpx.TransportError:
+            except WebhookTransportError:
                 code = 11200
             else:
                 code = None
@@ -422,39 +418,14 @@ class TwilioStandIn:
         return replies
 
     async def _exchange(self, url: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
-        """One POST to the app, its whole answer read; raises httpx's errors.
-
-        ``webhook_timeout`` bounds the exchange once connected, as one deadline from the
-        request's first byte to the answer's last (httpx's read timeout restarts at every
-        read, and a server that trickles its answer is as stuck as a silent one); the
-        connection has ``CONNECT_TIMEOUT`` of its own. ``benchmarks.standin_webhooks``
-        overrides this method to compare HTTP clients under the same stand-in.
+        """One POST to the app, its whole answer read within ``webhook_timeout`` from the
+        request's first byte (connecting has ``CONNECT_TIMEOUT`` of its own); raises the
+        client's errors. ``benchmarks.standin_webhooks`` overrides this method to compare
+        HTTP clients under the same stand-in.
         """
-        clients, _ = self._serving()
-        seconds = self.webhook_timeout
-        exchange = trio.CancelScope()
-
-        async def trace(event: str, info: Mapping[str, object]) -> None:
-            if event == _REQUEST_STARTED:
-                exchange.deadline = trio.current_time() + seconds
-
-        http = clients.lend()
-        try:
-            with exchange:
-                response = await http.post(
-                    url,
-                    content=body,
-                    headers=headers,
-                    timeout=httpx.Timeout(seconds, connect=CONNECT_TIMEOUT),
-                    extensions={"trace": trace},
-                )
-                return WebhookAnswer(
-                    response.status_code, response.headers.get("content-type"), response.content
-                )
-        finally:
-            clients.give_back(http)
-        # Only the deadline set above cancels this scope; httpcore has closed the connection.
-        raise httpx.ReadTimeout(f"no answer within {seconds:g} s")
+        client, _ = self._serving()
+        answer = await client.post(url, headers, body, answer_within=self.webhook_timeout)
+        return WebhookAnswer(answer.status, answer.content_type, answer.body)
 
 
 def _judge(kind: str, answer: WebhookAnswer) -> tuple[int | None, list[TwimlReply] | None]:
@@ -471,71 +442,6 @@ def _judge(kind: str, answer: WebhookAnswer) -> tuple[int | None, list[TwimlRepl
         return 12100, None
 
 
-@attrs.define(eq=False)
-class WebhookClients:
-    """The httpx clients webhooks and status callbacks go out through, each lent to one
-    request at a time; the most recently returned is lent first, so a steady load reuses the
-    same kept-alive connections, as many as requests run at once.
-
-    Why several clients and not one: httpcore's pool (1.0.9) walks all its connections,
-    polling each socket, and for each idle one counts them all again, whenever a request
-    starts or ends (encode/httpcore#1035). With one client holding ``webhook_concurrency``
-    (64) connections the stand-in spent 1.5-2 ms of CPU per webhook, mostly there; with a
-    client per request in flight, each holding its own connection, 0.6-0.8 ms, against
-    0.3 ms through aftercall's own transport before (``benchmarks/standin_webhooks.py``).
-    Made on demand: no more exist than requests ever ran at once, which
-    ``TwilioStandIn.webhook_concurrency`` bounds.
-    """
-
-    _idle: list[httpx.AsyncClient] = attrs.field(factory=list, init=False)
-    _made: list[httpx.AsyncClient] = attrs.field(factory=list, init=False)
-    _closed: bool = attrs.field(default=False, init=False)
-
-    def lend(self) -> httpx.AsyncClient:
-        if self._closed:
-            raise NotServing("the stand-in has stopped serving")
-        if self._idle:
-            return self._idle.pop()
-        client = httpx.AsyncClient(
-            verify=_tls_context(),
-            limits=httpx.Limits(
-                max_connections=None,
-                max_keepalive_connections=ORIGINS_PER_CLIENT,
-                keepalive_expiry=KEEPALIVE_EXPIRY,
-            ),
-            # The app is reached directly, whatever proxy the environment names.
-            trust_env=False,
-        )
-        # httpx's own default headers (its User-Agent, Accept-Encoding, Connection) are not
-        # Twilio's: every request brings exactly the headers Twilio sends.
-        client.headers.clear()
-        self._made.append(client)
-        return client
-
-    def give_back(self, client: httpx.AsyncClient) -> None:
-        if not self._closed:
-            self._idle.append(client)
-
-    async def __aenter__(self) -> WebhookClients:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._closed = True
-        self._idle.clear()
-        # Shielded: closing local sockets does not block, and a close interrupted by the
-        # caller's cancellation would leave the other clients' sockets open.
-        with trio.CancelScope(shield=True):
-            for client in self._made:
-                await client.aclose()
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for every webhook client in the process, with the system's
-    certificates (as before); built on first use, as building one takes ~20 ms."""
-    return ssl.create_default_context()
-
-
 @asynccontextmanager
 async def serve_twilio(
     standin: TwilioStandIn | None = None, host: str = "127.0.0.1", port: int = 0
@@ -548,7 +454,9 @@ async def serve_twilio(
     standin = standin if standin is not None else TwilioStandIn()
     try:
         async with (
-            WebhookClients() as http,
+            WebhookClient(
+                connect_timeout=CONNECT_TIMEOUT, keepalive_expiry=KEEPALIVE_EXPIRY
+            ) as http,
             trio.open_nursery() as nursery,
         ):
             standin._http, standin._nursery = http, nursery
