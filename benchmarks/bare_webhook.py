@@ -93,10 +93,13 @@ def mean_baseline(before: Baseline, after: Baseline) -> Baseline:
     )
 
 
-async def measure(seconds: float = 8.0, connections: int = 32) -> Baseline:
-    """Serve the handler under ``hypercorn -k trio`` and load it for ``seconds``."""
+async def measure(
+    seconds: float = 8.0, connections: int = 32, app_spec: str = "benchmarks.bare_webhook:app"
+) -> Baseline:
+    """Serve the handler (``app_spec``) under ``hypercorn -k trio`` and load it for
+    ``seconds``."""
     port = free_port()
-    command = hypercorn_command("benchmarks.bare_webhook:app", port)
+    command = hypercorn_command(app_spec, port)
     server = await trio.to_thread.run_sync(
         partial(
             subprocess.Popen, command, cwd=ROOT, start_new_session=True,

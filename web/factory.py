@@ -19,7 +19,7 @@ import gc
 import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 import sniffio
 import trio
@@ -29,6 +29,7 @@ from werkzeug.exceptions import HTTPException
 from actors.groups import lone_leaf
 from events.store import EventStoreError, StoreUnavailable
 from web.api import api
+from web.body_limits import BODY_LIMITS, BodyLimits
 from web.context import SYSTEM_KEY
 from web.health import health
 from web.post_call import post_call_webhook
@@ -76,9 +77,10 @@ def create_app(
     """
     app = AftercallApp("aftercall")
     app.quiet_errors = (EventStoreError, *quiet_errors)
-    # A post-call webhook carries a whole transcript; Twilio's forms are small and their
-    # handlers hold them to TWILIO_FORM_LIMIT.
-    app.config["MAX_CONTENT_LENGTH"] = 16 * 1024 * 1024
+    # Body limits by path, for every transfer encoding, and the body always read
+    # (web.body_limits); Quart's own limit is only the backstop.
+    app.config["MAX_CONTENT_LENGTH"] = max(rule.limit for rule in BODY_LIMITS)
+    app.asgi_app = cast(Any, BodyLimits(cast(Any, app.asgi_app)))  # type: ignore[method-assign]
     holder: dict[str, Any] = {}
 
     @app.before_serving

@@ -27,11 +27,6 @@ from events.codec import to_new_event
 from events.conversation import delivery_stream, inbound_event_id, phone_stream, status_event_id
 from web.context import current_system
 
-#: Twilio's webhook forms are a few KiB (a 1,600-character body, media URLs, a few dozen
-#: fields); anything far larger is not Twilio.
-TWILIO_FORM_LIMIT = 64 * 1024
-
-
 webhooks = Blueprint("twilio_webhooks", __name__)
 
 
@@ -47,8 +42,6 @@ async def _signed_form(url: str) -> Form | Response:
         return _reject(403, "missing X-Twilio-Signature")
     if request.mimetype != "application/x-www-form-urlencoded":
         return _reject(400, "expected an application/x-www-form-urlencoded body")
-    if request.content_length is not None and request.content_length > TWILIO_FORM_LIMIT:
-        return _reject(413, f"a Twilio webhook form is at most {TWILIO_FORM_LIMIT} bytes")
     try:
         form = parse_form(await request.get_data(cache=False, as_text=False, parse_form_data=False))
     except FormError as exc:
