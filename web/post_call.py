@@ -52,6 +52,9 @@ PATH = "/webhooks/elevenlabs/post-call"
 SIGNATURE_HEADER = "ElevenLabs-Signature"
 #: How old a signature may be (the official SDKs' tolerance).
 TOLERANCE_SECONDS = 30 * 60
+#: ElevenLabs' post-call payloads nest about six levels (data.transcript[].tool_calls[]...);
+#: far deeper is not theirs.
+MAX_JSON_DEPTH = 32
 #: Event types ElevenLabs sends that carry nothing to record here.
 IGNORED_TYPES = frozenset({"post_call_audio"})
 
@@ -130,13 +133,24 @@ def verify_signature(
 def parse_envelope(raw_body: bytes) -> tuple[str, Mapping[str, Any]]:
     """``{"type", "event_timestamp", "data"}`` -> (type, data).
 
+    Strict JSON: no ``NaN`` or ``Infinity`` (Python's parser takes them, PostgreSQL's jsonb
+    does not), no NUL in a string (jsonb cannot store one), nesting at most
+    ``MAX_JSON_DEPTH`` deep (the parser recurses: ``[`` x 100,000 raises RecursionError).
+
     Raises:
         WebhookRejected: 400, naming what is wrong.
     """
     try:
-        envelope = json.loads(raw_body)
+        envelope = json.loads(raw_body, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise WebhookRejected(
+            400, f"the JSON is nested too deeply (at most {MAX_JSON_DEPTH} levels)"
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise WebhookRejected(400, f"the body is not JSON ({type(exc).__name__})") from None
+        raise WebhookRejected(400, f"the body is not JSON ({exc})") from None
+    problem = json_problem(envelope)
+    if problem is not None:
+        raise WebhookRejected(400, problem)
     if not isinstance(envelope, dict):
         raise WebhookRejected(400, "the body must be a JSON object")
     kind = envelope.get("type")
@@ -146,6 +160,35 @@ def parse_envelope(raw_body: bytes) -> tuple[str, Mapping[str, Any]]:
     if not isinstance(data, dict):
         raise WebhookRejected(400, f"{kind}: 'data' must be a JSON object")
     return kind, data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """What makes a parsed JSON value unfit to record, or ``None``: nesting deeper than
+    ``max_depth``, or a NUL character in a string or key. Iterative, so a deep value
+    cannot exhaust the stack here either."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "the JSON contains a NUL character (\\u0000) in a string"
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth > max_depth:
+            return f"the JSON is nested too deeply (at most {max_depth} levels)"
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    return "the JSON contains a NUL character (\\u0000) in a key"
+                stack.append((child, depth + 1))
+        else:
+            stack.extend((child, depth + 1) for child in item)
+    return None
 
 
 def event_for(kind: str, data: Mapping[str, Any]) -> CallCompleted | CallFailed | Ignored:

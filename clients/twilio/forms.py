@@ -25,6 +25,11 @@ MAX_BODY = 4096
 MAX_MEDIA = 10
 #: Twilio's forms have a few dozen fields; a form with hundreds is not Twilio's.
 MAX_FIELDS = 200
+#: No field of Twilio's is longer than a message body (MediaUrl, ErrorMessage: a few hundred).
+MAX_VALUE = MAX_BODY
+#: Twilio's error codes are five-digit numbers (twilio.com/docs/api/errors); six digits of
+#: room, and anything beyond is not Twilio's (it would not fit the read models' columns).
+MAX_ERROR_CODE = 999_999
 #: Statuses Twilio reports in callbacks for outbound messages.
 KNOWN_STATUSES = frozenset(
     {
@@ -74,6 +79,11 @@ def parse_form(body: bytes) -> Form:
         raise FormError(f"a Twilio form has at most {MAX_FIELDS} fields") from None
     items: dict[str, list[str]] = {}
     for name, value in pairs:
+        if len(value) > MAX_VALUE:
+            raise FormError(f"{name[:40]!r} is {len(value)} characters; the limit is {MAX_VALUE}")
+        if "\x00" in name or "\x00" in value:
+            # Twilio never sends a NUL, and PostgreSQL's jsonb cannot store one.
+            raise FormError(f"{name[:40]!r} contains a NUL character")
         values = items.get(name)
         if values is None:
             items[name] = [value]
@@ -120,12 +130,11 @@ def message_received(form: Form, now: datetime) -> MessageReceived:
     if len(body) > MAX_BODY:
         raise FormError(f"Body is {len(body)} characters; the limit is {MAX_BODY}")
     raw_count = form.get("NumMedia") or "0"
-    try:
-        count = int(raw_count)
-    except ValueError:
-        raise FormError(f"NumMedia must be a whole number, not {raw_count!r}") from None
-    if not 0 <= count <= MAX_MEDIA:
-        raise FormError(f"NumMedia must be between 0 and {MAX_MEDIA}, not {count}")
+    if not _is_decimal(raw_count) or int(raw_count) > MAX_MEDIA:
+        raise FormError(
+            f"NumMedia must be a whole number from 0 to {MAX_MEDIA}, not {raw_count[:40]!r}"
+        )
+    count = int(raw_count)
     media = tuple(
         MediaItem(
             content_type=form.get(f"MediaContentType{i}") or "application/octet-stream",
@@ -158,17 +167,27 @@ def delivery_status(form: Form, now: datetime) -> tuple[str, DeliveryStatusChang
     phone = identity_phone(_phone(form.require("To"), "To"))
     raw_code = form.get("ErrorCode")
     code: int | None = None
-    if raw_code:
-        try:
-            code = int(raw_code)
-        except ValueError:
-            code = None  # the sandbox once sent "InvalidSandboxRequest": keep the message
+    if raw_code and raw_code.isascii() and raw_code.isdigit():
+        # The length first: a number of thousands of digits costs int() real time.
+        if len(raw_code) > len(str(MAX_ERROR_CODE)) or int(raw_code) > MAX_ERROR_CODE:
+            raise FormError(
+                f"ErrorCode must be a Twilio error code (at most {MAX_ERROR_CODE}), "
+                f"not {raw_code[:40]!r}"
+            )
+        code = int(raw_code)
+    # Otherwise kept in the message: the sandbox once sent "InvalidSandboxRequest".
     message = form.get("ErrorMessage") or form.get("ChannelStatusMessage")
     if raw_code and code is None:
         message = f"{raw_code}: {message}" if message else raw_code
     return phone, DeliveryStatusChanged(
         message_sid=sid, status=status, at=now, error_code=code, error_message=message or None
     )
+
+
+def _is_decimal(raw: str) -> bool:
+    """ASCII digits only, and few of them: ``int()`` alone also takes ``" 1_0 "`` and other
+    scripts' digits, and a thousand-digit number costs it real time."""
+    return 0 < len(raw) <= 12 and raw.isascii() and raw.isdigit()
 
 
 def _phone(raw: str, field: str) -> str:

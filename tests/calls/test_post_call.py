@@ -149,7 +149,19 @@ def refusals() -> list[tuple[bytes, str | None, int, str]]:
             "data.conversation_id is missing",
         ),
         (b'{"type": "call_initiation_failure", "data": "busy"}', None, 400, "a JSON object"),
+        # The parser recurses: this once raised RecursionError, a 500 ElevenLabs redelivers.
+        (b"[" * 100_000 + b"]" * 100_000, None, 400, "nested too deeply"),
+        (_nested(40), None, 400, "nested too deeply"),
+        (GOOD.replace(b'"status": "done"', b'"status": NaN'), None, 400, "NaN is not"),
+        (GOOD.replace(b"We said hi", b"We said \\u0000"), None, 400, "NUL character"),
     ]
+
+
+def _nested(depth: int) -> bytes:
+    """A well-formed transcription with a value ``depth`` levels down its analysis."""
+    body = transcription()
+    body["data"]["analysis"]["deep"] = json.loads("[" * depth + "]" * depth)
+    return json.dumps(body).encode()
 
 
 async def test_bad_deliveries_are_refused_with_a_reason_and_nothing_appended(

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import pytest
 
-from clients.twilio.forms import MAX_FIELDS, FormError, parse_form, signature_is_valid
+from clients.twilio.forms import (
+    MAX_FIELDS,
+    MAX_VALUE,
+    Form,
+    FormError,
+    delivery_status,
+    message_received,
+    parse_form,
+    signature_is_valid,
+)
 from sandbox.twilio._protocol import inbound_params, sign
 
 URL = "https://aftercall.example/webhooks/twilio/whatsapp"
 TOKEN = "12345678901234567890123456789012"
+NOW = datetime(2026, 12, 4, tzinfo=UTC)
 
 
 def test_decodes_as_twilio_encodes() -> None:
@@ -62,3 +73,45 @@ def test_a_signature_made_for_the_url_with_its_port_is_valid_too() -> None:
     with_port = sign(TOKEN, "https://aftercall.example:443/webhooks/twilio/whatsapp", params)
     assert signature_is_valid(TOKEN, URL, form, with_port)
     assert not signature_is_valid(TOKEN, URL, form, sign("x" * 32, URL, params))
+
+
+def _status_form(**fields: str) -> Form:
+    base = {
+        "MessageSid": "SM" + "a" * 32,
+        "MessageStatus": "undelivered",
+        "To": "whatsapp:+15551230001",
+    }
+    return parse_form(urlencode({**base, **fields}).encode())
+
+
+@pytest.mark.parametrize("code", ["99999999999999999999999", "1000000", "9" * 1000])
+def test_an_error_code_out_of_twilio_range_is_refused(code: str) -> None:
+    # Recorded once, such a code stopped two read models for good (an int64 column).
+    with pytest.raises(FormError, match="ErrorCode must be a Twilio error code"):
+        delivery_status(_status_form(ErrorCode=code), NOW)
+
+
+def test_a_twilio_error_code_is_kept_and_a_word_goes_to_the_message() -> None:
+    _, status = delivery_status(_status_form(ErrorCode="63016"), NOW)
+    assert status.error_code == 63016
+    _, status = delivery_status(_status_form(ErrorCode="InvalidSandboxRequest"), NOW)
+    assert (status.error_code, status.error_message) == (None, "InvalidSandboxRequest")
+
+
+@pytest.mark.parametrize("count", ["1_0", " 1", "\u0661", "11", "-1", "9" * 50])
+def test_num_media_is_ascii_digits_within_the_limit(count: str) -> None:
+    form = parse_form(
+        urlencode(
+            {"MessageSid": "SM" + "b" * 32, "From": "whatsapp:+15551230001", "NumMedia": count}
+        ).encode()
+    )
+    with pytest.raises(FormError, match="NumMedia must be a whole number"):
+        message_received(form, NOW)
+
+
+def test_a_nul_or_an_overlong_value_is_a_form_error() -> None:
+    # PostgreSQL's jsonb cannot store a NUL; no Twilio field is longer than a body.
+    with pytest.raises(FormError, match="NUL"):
+        parse_form(b"Body=a%00b")
+    with pytest.raises(FormError, match=f"the limit is {MAX_VALUE}"):
+        parse_form(b"ErrorMessage=" + b"x" * (MAX_VALUE + 1))
