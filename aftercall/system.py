@@ -32,6 +32,7 @@ from clients.twilio.sender import TwilioConfig, WhatsAppSender
 from events.store import EventStore
 from followup.call_monitor import CallMonitorHandle, MonitorSettings, open_call_monitor
 from followup.phone import (
+    ConflictCount,
     PhoneDependencies,
     PhoneSettings,
     Wake,
@@ -68,6 +69,8 @@ class System:
     call_monitor: CallMonitorHandle | None = None
     #: The read models following the log (history, conversations, metrics).
     projections: ProjectionRunner | None = None
+    #: Decisions another process recorded first (followup.phone.DecisionConflict).
+    conflicts: ConflictCount = attrs.field(factory=ConflictCount)
 
     def notify_phone(self, phone: str, version: int | None = None, event: Any = None) -> bool:
         """Tell the phone's actor its stream grew (never waits; the log holds the work).
@@ -168,7 +171,16 @@ async def open_system(
                 ActorSettings(idle_timeout=settings.idle_timeout),
             )
         )
-        system = System(settings, store, phones, http, sender, sandbox, projections=projections)
+        system = System(
+            settings,
+            store,
+            phones,
+            http,
+            sender,
+            sandbox,
+            projections=projections,
+            conflicts=deps.conflicts,
+        )
         if settings.batch_poll_seconds is not None:
             system.call_monitor = await stack.enter_async_context(
                 open_call_monitor(

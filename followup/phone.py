@@ -30,6 +30,7 @@ import attrs
 import httpx
 import trio
 
+from actors.groups import lone_leaf
 from actors.runtime import ActorContext, ActorSystem
 from clients.elevenlabs.session import (
     AgentAnswer,
@@ -68,6 +69,7 @@ from followup.conversation import (
     NoticeMedia,
     SendFirstMessage,
     SendMissedCallMessage,
+    Step,
     apply,
     compose_context,
     first_message_template,
@@ -107,9 +109,19 @@ class Wake:
 class DecisionConflict(RuntimeError):
     """Another writer recorded decisions in this phone's stream: re-fold and decide again.
 
-    With one owner per phone this does not happen; if it does, crashing is right: the
-    supervisor restarts the actor, which folds the log and decides from what is there.
+    With one owner per phone this does not happen. Until phones have a single owner across
+    processes (two Hypercorn workers on one database each run an actor for the phone), it
+    is an expected outcome: the actor has already folded the other writer's decisions when
+    this is raised, so it counts the conflict, says so in one line, and decides again from
+    the log (the step it was taking is dropped; the other writer took it).
     """
+
+
+@attrs.define
+class ConflictCount:
+    """How many times this process's phone actors found another writer's decisions first."""
+
+    decision_conflicts: int = 0
 
 
 @attrs.frozen
@@ -147,6 +159,7 @@ class PhoneDependencies:
     http: httpx.AsyncClient
     sender: WhatsAppSender
     wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    conflicts: ConflictCount = attrs.field(factory=ConflictCount)
 
 
 class PhoneActor:
@@ -176,26 +189,39 @@ class PhoneActor:
         elif message.version is None or message.version > self.state.version:
             await self._catch_up(ctx)
         while (step := next_step(self.state)) is not None:
-            match step:
-                case DeliverReply():
-                    if not await self._deliver(step, ctx):
-                        return  # Twilio unavailable: a timer brings us back
-                case SendFirstMessage():
-                    await self._request_first_message(step, ctx)
-                    self._prewarm = True
-                case SendMissedCallMessage():
-                    await self._request_missed_call_message(step, ctx)
-                case NoticeMedia():
-                    await self._request_reply(
-                        ctx,
-                        kind="media_notice",
-                        text=self.deps.settings.media_notice_text,
-                        in_reply_to=tuple(m.message_sid for m in step.messages),
-                    )
-                case AskAgent():
-                    await self._take_turn(step, ctx)
+            try:
+                if not await self._take_step(step, ctx):
+                    return  # Twilio unavailable: a timer brings us back
+            except (DecisionConflict, BaseExceptionGroup) as error:
+                # Raised inside a turn's nursery, the conflict arrives wrapped in a group.
+                conflict = lone_leaf(error)
+                if not isinstance(conflict, DecisionConflict):
+                    raise
+                self.deps.conflicts.decision_conflicts += 1
+                logger.info("%s; deciding again from the log", conflict)
         if self._prewarm:
             await self._open_session_ahead(ctx)
+
+    async def _take_step(self, step: Step, ctx: ActorContext[Wake]) -> bool:
+        """Take one step; ``False`` when it must wait for a timer."""
+        match step:
+            case DeliverReply():
+                return await self._deliver(step, ctx)
+            case SendFirstMessage():
+                await self._request_first_message(step, ctx)
+                self._prewarm = True
+            case SendMissedCallMessage():
+                await self._request_missed_call_message(step, ctx)
+            case NoticeMedia():
+                await self._request_reply(
+                    ctx,
+                    kind="media_notice",
+                    text=self.deps.settings.media_notice_text,
+                    in_reply_to=tuple(m.message_sid for m in step.messages),
+                )
+            case AskAgent():
+                await self._take_turn(step, ctx)
+        return True
 
     async def deactivate(self, ctx: ActorContext[Wake]) -> None:
         if self.session is not None and not self.session.closed:

@@ -25,6 +25,9 @@ from web.context import current_system
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
+#: The most rows one answer holds.
+MAX_LIMIT = 1000
+
 
 def _error(status: int, reason: str, **headers: str) -> Response:
     response = jsonify({"error": reason})
@@ -64,14 +67,19 @@ def _flag(name: str) -> bool:
     raise ValueError(f"{name} must be true or false, not {raw!r}")
 
 
-def _int(name: str, default: int) -> int:
+def _int(name: str, default: int, *, most: int = MAX_LIMIT) -> int:
+    """A count from the query string, 1 to ``most`` (the database would refuse a LIMIT
+    past int64, and a page of millions of rows is not a page)."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if (
+        not (raw.isascii() and raw.isdigit())
+        or len(raw) > len(str(most))
+        or not 1 <= int(raw) <= most
+    ):
+        raise ValueError(f"{name} must be a whole number from 1 to {most}, not {raw[:40]!r}")
+    return int(raw)
 
 
 @api.get("/conversations")
@@ -116,4 +124,7 @@ async def show_metrics() -> Response:
     assert runner is not None
     found: dict[str, Any] = await queries.metrics(runner.models)
     found["projections"] = [attrs.asdict(s) for s in runner.statistics()]
+    # This process's count since it started (two workers on one database: see
+    # followup.phone.DecisionConflict).
+    found["decision_conflicts"] = current_system().conflicts.decision_conflicts
     return jsonify(found)

@@ -42,6 +42,13 @@ class Phones(Protocol):
     def statistics(self) -> RegistryStatistics: ...
 
 
+class Conflicts(Protocol):
+    """Decisions another process recorded first (``followup.phone.ConflictCount``)."""
+
+    @property
+    def decision_conflicts(self) -> int: ...
+
+
 class WebSystem(Protocol):
     """A running aftercall, seen from an HTTP handler."""
 
@@ -53,6 +60,8 @@ class WebSystem(Protocol):
     def phones(self) -> Phones: ...
     @property
     def projections(self) -> ProjectionRunner | None: ...
+    @property
+    def conflicts(self) -> Conflicts: ...
 
     def notify_phone(self, phone: str, version: int | None = None, event: Any = None) -> bool:
         """Wake the phone's actor: its stream grew (never waits; the log holds the work)."""
