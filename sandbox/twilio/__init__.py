@@ -9,7 +9,7 @@ docs/reference/twilio-whatsapp.md.
 
 from sandbox.twilio._clock import SandboxClock
 from sandbox.twilio._errors import NotServing, NoWebhookUrl
-from sandbox.twilio._faults import ArmedFault, Fault, FaultPlan
+from sandbox.twilio._faults import ArmedFault, Fault, FaultPlan, HeldRequest
 from sandbox.twilio._protocol import (
     CreateRequest,
     ListQuery,
@@ -59,6 +59,7 @@ __all__ = [
     "DeliveryDelays",
     "Fault",
     "FaultPlan",
+    "HeldRequest",
     "ListQuery",
     "Media",
     "MessageRecord",

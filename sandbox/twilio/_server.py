@@ -207,6 +207,7 @@ def build_app(standin: ServedStandIn) -> Router:
                         "status": armed.fault.status,
                         "retry_after": armed.fault.retry_after,
                         "seconds": armed.fault.seconds,
+                        "before_request": armed.fault.before_request,
                         "times": armed.times,
                         "phone": armed.phone,
                     }
@@ -217,7 +218,8 @@ def build_app(standin: ServedStandIn) -> Router:
 
     @app.route("POST", "/_sandbox/faults")
     async def arm_fault(request: Request) -> Response:
-        """Arm a fault: ``{"kind": "rate_limited"|"server_error"|"slow"|"dropped", ...}``."""
+        """Arm a fault: ``{"kind": "rate_limited"|"server_error"|"slow"|"dropped"|"held",
+        ...}`` (``held`` takes ``before_request``)."""
         payload = _payload(request)
         try:
             fault = _fault_from(payload)
@@ -233,6 +235,36 @@ def build_app(standin: ServedStandIn) -> Router:
     async def clear_faults(request: Request) -> Response:
         standin.clear_faults()
         return _json({"armed": 0})
+
+    @app.route("GET", "/_sandbox/held")
+    async def list_held(request: Request) -> Response:
+        """The API requests held now (``held`` faults), oldest first."""
+        return _json(
+            {
+                "held": [
+                    {
+                        "method": held.method,
+                        "path": held.path,
+                        "phone": held.phone,
+                        "fields": dict(held.fields),
+                        "done": held.done,
+                    }
+                    for held in standin.faults.held
+                ]
+            }
+        )
+
+    @app.route("POST", "/_sandbox/held/release")
+    async def release_held(request: Request) -> Response:
+        """Let held requests go on: all of them, or ``{"phone": ...}``'s."""
+        phone = _payload(request).get("phone")
+        if phone is not None and not isinstance(phone, str):
+            return _control_error("phone must be a string or null")
+        try:
+            released = standin.faults.release(phone)
+        except ValueError as exc:
+            return _control_error(str(exc))
+        return _json({"released": released})
 
     @app.route("POST", "/_sandbox/clock/advance")
     async def advance(request: Request) -> Response:
@@ -293,4 +325,9 @@ def _fault_from(payload: dict[str, Any]) -> Fault:
         return Fault.slow(float(payload["seconds"]))
     if kind == "dropped":
         return Fault.dropped()
+    if kind == "held":
+        before_request = payload.get("before_request", False)
+        if not isinstance(before_request, bool):
+            raise ValueError("before_request must be true or false")
+        return Fault.held(before_request=before_request)
     raise ValueError(f"unknown fault kind {kind!r}")
