@@ -495,7 +495,11 @@ class PostgresOptions:
         application_name: shown in ``pg_stat_activity``.
         connect_timeout: seconds for one connection attempt.
         startup_retry_for: how long opening retries a server that does not answer.
-        retry_for: how long a unit of work retries a lost connection.
+        retry_for: how long a unit of work retries a lost connection. Longer than a
+            webhook may wait (``web.context.APPEND_BUDGET``, 12 s), so that an append
+            queued at the start of an outage still lands when the server is back within
+            the webhook's own budget (at 10 s, the first webhook of a 10 s outage was
+            refused just before the server came back: ``benchmarks/outage.py``).
     """
 
     schema: str | None = attrs.field(default=None)
@@ -503,7 +507,7 @@ class PostgresOptions:
     application_name: str = "aftercall"
     connect_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     startup_retry_for: float = attrs.field(default=3.0, validator=attrs.validators.ge(0))
-    retry_for: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    retry_for: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
 
     @schema.validator
     def _schema_name(self, _: attrs.Attribute[str | None], value: str | None) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 from projections.model import Key, Projection, Recorded, Row, RowSet, Rule, Table, columns
 from projections.rules import (
     FAILED_STATUSES,
+    fitting_code,
     hour_of,
     later_status,
     part_count,
@@ -130,7 +131,7 @@ def _reply_failed(rows: RowSet, phone: str, record: Recorded) -> None:
     data = record.data
     key = part_id(data["reply_id"], data["part"])
     row = rows.get("metric_messages", key) or _message(key, phone, "outbound", None)
-    row.update(status="failed", error_code=data.get("error_code"))
+    row.update(status="failed", error_code=fitting_code(data.get("error_code"), None)[0])
     rows.put("metric_messages", row)
 
 
@@ -140,7 +141,10 @@ def _status(rows: RowSet, phone: str, record: Recorded) -> None:
     row = rows.get("metric_messages", sid) or _message(sid, phone, "outbound", None)
     row["status"] = later_status(row["status"], data["status"])
     if data["status"] in FAILED_STATUSES and data.get("error_code") is not None:
-        row["error_code"] = data["error_code"]
+        # No message column here: a code out of range is only in the history's message.
+        code, _ = fitting_code(data["error_code"], None)
+        if code is not None:
+            row["error_code"] = code
     rows.put("metric_messages", row)
 
 

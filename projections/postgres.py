@@ -35,8 +35,11 @@ from projections.model import (
     fold_page,
     wanted_keys,
 )
+from projections.parking import ParkedEvent
 from projections.readmodels import (
     CHECKPOINTS,
+    PARKED,
+    PARKED_COLUMNS,
     POSTGRES_TYPES,
     REBUILD_SUFFIX,
     Checkpoint,
@@ -48,6 +51,8 @@ from projections.readmodels import (
     index_name,
     index_sql,
     loadable_key,
+    parked_event,
+    parked_values,
     primary_key_name,
     records_for,
     upsert_sql,
@@ -92,6 +97,21 @@ _CHECKPOINTS_DDL = (
     " name text PRIMARY KEY, position bigint NOT NULL, version integer NOT NULL,"
     " updated_at timestamptz NOT NULL DEFAULT clock_timestamp())"
 )
+#: Made with the checkpoints (``prepare``, ``begin_rebuild``): a database whose read models
+#: predate it gets it at the runner's next start.
+_PARKED_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {PARKED} ("
+    " projection text NOT NULL, position bigint NOT NULL, stream text NOT NULL,"
+    " event_id text, event_type text NOT NULL, error_type text NOT NULL,"
+    " error_message text NOT NULL, attempts integer NOT NULL, parked_at timestamptz NOT NULL,"
+    f" CONSTRAINT {PARKED}_pkey PRIMARY KEY (projection, position))"
+)
+#: A parked event's row, written whole (parked again by a later try: its newest error).
+_PARK = (
+    f"INSERT INTO {PARKED} ({', '.join(PARKED_COLUMNS)}) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+    " $8, $9) ON CONFLICT (projection, position) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in PARKED_COLUMNS[2:])
+)
 
 
 def is_schema_change(exc: BaseException) -> bool:
@@ -123,6 +143,18 @@ class PostgresReadModels:
 
     async def write(self, work: Sequence[tuple[Target, list[Changes]]], last: int) -> int:
         return await self.database.transaction(_write, list(work), last)
+
+    async def park(self, target: Target, event: ParkedEvent) -> None:
+        await self.database.transaction(_park, target, event)
+
+    async def parked(self, names: Collection[str]) -> list[ParkedEvent]:
+        return await self.database.run(_parked, list(names), retry=True)
+
+    async def note_parked(self, event: ParkedEvent) -> None:
+        await self.database.transaction(_note_parked, event)
+
+    async def apply_parked(self, projection: Projection, record: Recorded) -> bool:
+        return await self.database.transaction(_apply_parked, projection, record)
 
     async def begin_rebuild(self, projection: Projection) -> None:
         await self.database.transaction(_begin_rebuild, projection)
@@ -198,6 +230,7 @@ async def _checkpoints(conn: Connection) -> dict[str, Checkpoint]:
 async def _prepare(conn: Connection, projections: list[Projection]) -> dict[str, Checkpoint]:
     await conn.execute(PROJECTIONS_LOCK)
     await conn.execute(_CHECKPOINTS_DDL)
+    await conn.execute(_PARKED_DDL)
     known = await _checkpoints(conn)
     for projection in projections:
         if projection.name in known:
@@ -219,19 +252,23 @@ async def _project(
     conn: Connection, targets: list[Target], records: list[Recorded], last: int
 ) -> int:
     for target in targets:
-        name = target.checkpoint
         await _check_checkpoint(conn, target)
-        projection = target.projection
-        plan = projection.plan(records_for(target, records))
-        loaded: dict[str, list[Row]] = {}
-        for table_name, keys in wanted_keys(plan).items():
-            table = projection.table(table_name)
-            found = await conn.fetch(load_sql(table, target.suffix), [k[0] for k in keys])
-            loaded[table_name] = [dict(row.items()) for row in found]
-        rows = fold_page(projection, loaded, plan)
-        await _write_changes(conn, target, rows.changes())
-        await _save_checkpoint(conn, name, last)
+        await _fold_into(conn, target, records_for(target, records))
+        await _save_checkpoint(conn, target.checkpoint, last)
     return last
+
+
+async def _fold_into(conn: Connection, target: Target, records: list[Recorded]) -> None:
+    """Load the rows ``records`` touch, fold them, write what changed (no checkpoint)."""
+    projection = target.projection
+    plan = projection.plan(records)
+    loaded: dict[str, list[Row]] = {}
+    for table_name, keys in wanted_keys(plan).items():
+        table = projection.table(table_name)
+        found = await conn.fetch(load_sql(table, target.suffix), [k[0] for k in keys])
+        loaded[table_name] = [dict(row.items()) for row in found]
+    rows = fold_page(projection, loaded, plan)
+    await _write_changes(conn, target, rows.changes())
 
 
 async def _write_changes(conn: Connection, target: Target, changes: Iterable[Changes]) -> None:
@@ -281,6 +318,44 @@ async def _write(conn: Connection, work: list[tuple[Target, list[Changes]]], las
     return last
 
 
+async def _park(conn: Connection, target: Target, event: ParkedEvent) -> None:
+    await _check_checkpoint(conn, target)
+    await conn.execute(_PARK, *parked_values(event))
+    await _save_checkpoint(conn, target.checkpoint, event.position)
+
+
+async def _note_parked(conn: Connection, event: ParkedEvent) -> None:
+    await conn.execute(_PARK, *parked_values(event))
+
+
+async def _parked(conn: Connection, names: list[str]) -> list[ParkedEvent]:
+    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", PARKED):
+        return []  # nothing was ever prepared here, so nothing parked
+    rows = await conn.fetch(
+        f"SELECT {', '.join(PARKED_COLUMNS)} FROM {PARKED} WHERE projection = ANY($1::text[])"
+        " ORDER BY position, projection",
+        names,
+    )
+    return [parked_event(tuple(row.values())) for row in rows]
+
+
+async def _apply_parked(conn: Connection, projection: Projection, record: Recorded) -> bool:
+    # The checkpoint's lock first, as every page takes it: a live page folding the same
+    # rows waits for this transaction (and then reads what it wrote), or this one for it.
+    await conn.fetchval(
+        f"SELECT position FROM {CHECKPOINTS} WHERE name = $1 FOR UPDATE", projection.name
+    )
+    unparked = await conn.fetchval(
+        f"DELETE FROM {PARKED} WHERE projection = $1 AND position = $2 RETURNING position",
+        projection.name,
+        record.position,
+    )
+    if unparked is None:
+        return False
+    await _fold_into(conn, Target(projection, record.position), [record])
+    return True
+
+
 async def _check_checkpoint(conn: Connection, target: Target) -> None:
     actual = await conn.fetchval(
         f"SELECT position FROM {CHECKPOINTS} WHERE name = $1 FOR UPDATE", target.checkpoint
@@ -326,6 +401,11 @@ def staging_name(table: Table) -> str:
 async def _begin_rebuild(conn: Connection, projection: Projection) -> None:
     await conn.execute(PROJECTIONS_LOCK)
     await conn.execute(_CHECKPOINTS_DDL)
+    await conn.execute(_PARKED_DDL)
+    # What an earlier attempt parked goes with its tables: this one tries every event again.
+    await conn.execute(
+        f"DELETE FROM {PARKED} WHERE projection = $1", checkpoint_name(projection, aside=True)
+    )
     for table in projection.tables:
         await conn.execute(f"DROP TABLE IF EXISTS {table.name}{REBUILD_SUFFIX}")
         # Logged from the start: an unlogged table made logged before the swap is
@@ -388,5 +468,9 @@ async def _swap(conn: Connection, projection: Projection) -> Checkpoint:
         projection.version,
     )
     await conn.execute(f"DELETE FROM {CHECKPOINTS} WHERE name = $1", aside)
+    # The events the rebuild parked replace the live ones, as its tables do.
+    await conn.execute(_PARKED_DDL)
+    await conn.execute(f"DELETE FROM {PARKED} WHERE projection = $1", live)
+    await conn.execute(f"UPDATE {PARKED} SET projection = $1 WHERE projection = $2", live, aside)
     assert row is not None
     return Checkpoint(**dict(row.items()))

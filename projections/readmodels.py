@@ -15,6 +15,12 @@ their own, filled from position 0 while the live tables keep serving and followi
 the rebuild has caught up, one transaction puts the rebuilt tables in place of the live
 ones and gives the live checkpoint the rebuild's position; readers see either the old
 tables or the new, never a half-built one.
+
+Events a projection could not apply are parked in ``projection_parked_events`` (see
+``projections.parking``): one row per projection and position, written in the transaction
+that moves that projection's checkpoint past the event, so a parked event is never both
+applied and parked, nor lost between the two. A rebuild parks under its own checkpoint's
+name, and the swap puts its parked rows in place of the live ones with its tables.
 """
 
 from __future__ import annotations
@@ -27,8 +33,22 @@ import attrs
 
 from events.store import EventStore, EventStoreError
 from projections.model import Changes, ColumnType, LogPage, Projection, Recorded, Row, Table
+from projections.parking import ParkedEvent
 
 CHECKPOINTS: Final = "projection_checkpoints"
+PARKED: Final = "projection_parked_events"
+#: The parked table's columns, in the order its rows are written and read.
+PARKED_COLUMNS: Final = (
+    "projection",
+    "position",
+    "stream",
+    "event_id",
+    "event_type",
+    "error_type",
+    "error_message",
+    "attempts",
+    "parked_at",
+)
 REBUILD_SUFFIX: Final = "_rebuild"
 
 
@@ -114,6 +134,27 @@ class ReadModels(Protocol):
     async def write(self, work: Sequence[tuple[Target, list[Changes]]], last: int) -> int:
         """Write changes already folded (``RowSet.take_changes``) and move each target's
         checkpoint to ``last``, in one transaction (`CheckpointMoved` as for `project`)."""
+        ...
+
+    async def park(self, target: Target, event: ParkedEvent) -> None:
+        """Set ``event`` aside and move the target's checkpoint to its position, in one
+        transaction (`CheckpointMoved` as for `project`). The event must be the only one
+        of the log between ``target.expected`` and that position."""
+        ...
+
+    async def parked(self, names: Collection[str]) -> list[ParkedEvent]:
+        """The events parked under these checkpoint names, in the order of the log (none
+        when nothing was ever parked, even before `prepare` made the table)."""
+        ...
+
+    async def note_parked(self, event: ParkedEvent) -> None:
+        """Write a parked event's row again (its latest error and tries), nothing else."""
+        ...
+
+    async def apply_parked(self, projection: Projection, record: Recorded) -> bool:
+        """Fold a parked event into the live tables and unpark it, in one transaction
+        (serialised with the live pages by the checkpoint's lock). False, and nothing
+        written, when it is no longer parked (another process got there first)."""
         ...
 
     async def begin_rebuild(self, projection: Projection) -> None:
@@ -212,3 +253,34 @@ def loadable_key(table: Table) -> str:
 
 def records_for(target: Target, records: Sequence[Recorded]) -> list[Recorded]:
     return [record for record in records if record.position > target.expected]
+
+
+def parked_values(event: ParkedEvent) -> tuple[Any, ...]:
+    """A parked event as its row's values, in `PARKED_COLUMNS` order."""
+    return (
+        event.projection,
+        event.position,
+        event.stream,
+        event.event_id,
+        event.type,
+        event.error_type,
+        event.error_message,
+        event.attempts,
+        event.parked_at,
+    )
+
+
+def parked_event(row: Sequence[Any]) -> ParkedEvent:
+    """A row of the parked table (`PARKED_COLUMNS` order; ``parked_at`` a datetime)."""
+    projection, position, stream, event_id, type_, kind, message, attempts, at = row
+    return ParkedEvent(
+        projection=projection,
+        position=int(position),
+        stream=stream,
+        event_id=event_id,
+        type=type_,
+        error_type=kind,
+        error_message=message,
+        attempts=int(attempts),
+        parked_at=at,
+    )

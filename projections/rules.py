@@ -110,3 +110,26 @@ def later_status(current: str | None, reported: str) -> str:
 
 def seconds(later: datetime, earlier: datetime) -> float:
     return (later - earlier).total_seconds()
+
+
+#: What an ``int`` column holds: PostgreSQL's bigint, SQLite's INTEGER (both 64 bits).
+INT_COLUMN_MIN: Final = -(2**63)
+INT_COLUMN_MAX: Final = 2**63 - 1
+
+
+def fitting_code(code: Any, message: str | None) -> tuple[int | None, str | None]:
+    """A Twilio error code as an ``int`` column can hold it, and the message to keep with it.
+
+    The log is immutable and holds codes recorded before the webhook checked them: one
+    was 99999999999999999999999, which PostgreSQL refused ("value out of int64 range")
+    every time the history and metrics tried to write it. A code that is not a whole
+    number in the column's range is kept in the message text instead, and the column
+    holds None: the read model still shows what Twilio sent, and goes on.
+    """
+    if code is None or (type(code) is int and INT_COLUMN_MIN <= code <= INT_COLUMN_MAX):
+        return code, message
+    raw = str(code)
+    if len(raw) > 40:
+        raw = raw[:39] + "…"
+    note = f"error code {raw}"
+    return None, f"{message} ({note})" if message else note

@@ -39,8 +39,11 @@ from projections.model import (
     fold_page,
     wanted_keys,
 )
+from projections.parking import ParkedEvent
 from projections.readmodels import (
     CHECKPOINTS,
+    PARKED,
+    PARKED_COLUMNS,
     REBUILD_SUFFIX,
     SQLITE_TYPES,
     Checkpoint,
@@ -51,6 +54,8 @@ from projections.readmodels import (
     create_table_sql,
     index_name,
     loadable_key,
+    parked_event,
+    parked_values,
     records_for,
     upsert_sql,
 )
@@ -62,6 +67,21 @@ _CHECKPOINTS_DDL = (
     f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} ("
     " name TEXT PRIMARY KEY, position INTEGER NOT NULL, version INTEGER NOT NULL,"
     " updated_at TEXT NOT NULL)"
+)
+#: Made with the checkpoints (``prepare``, ``begin_rebuild``): a file whose read models
+#: predate it gets it at the runner's next start.
+_PARKED_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {PARKED} ("
+    " projection TEXT NOT NULL, position INTEGER NOT NULL, stream TEXT NOT NULL,"
+    " event_id TEXT, event_type TEXT NOT NULL, error_type TEXT NOT NULL,"
+    " error_message TEXT NOT NULL, attempts INTEGER NOT NULL, parked_at TEXT NOT NULL,"
+    " PRIMARY KEY (projection, position))"
+)
+#: A parked event's row, written whole (parked again by a later try: its newest error).
+_PARK = (
+    f"INSERT INTO {PARKED} ({', '.join(PARKED_COLUMNS)}) VALUES ({', '.join('?' * 9)})"
+    " ON CONFLICT (projection, position) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in PARKED_COLUMNS[2:])
 )
 
 
@@ -110,6 +130,21 @@ class SQLiteReadModels:
 
     async def write(self, work: Sequence[tuple[Target, list[Changes]]], last: int) -> int:
         return await self._write(lambda conn: _in_transaction(conn, _write, list(work), last))
+
+    async def park(self, target: Target, event: ParkedEvent) -> None:
+        await self._write(lambda conn: _in_transaction(conn, _park, target, event))
+
+    async def parked(self, names: Collection[str]) -> list[ParkedEvent]:
+        wanted = list(names)
+        return await self._read(lambda conn: _parked(conn, wanted))
+
+    async def note_parked(self, event: ParkedEvent) -> None:
+        await self._write(lambda conn: _in_transaction(conn, _note_parked, event))
+
+    async def apply_parked(self, projection: Projection, record: Recorded) -> bool:
+        return await self._write(
+            lambda conn: _in_transaction(conn, _apply_parked, projection, record)
+        )
 
     async def begin_rebuild(self, projection: Projection) -> None:
         await self._write(lambda conn: _in_transaction(conn, _begin_rebuild, projection))
@@ -219,6 +254,7 @@ def _create(conn: sqlite3.Connection, table: Table, suffix: str) -> None:
 
 def _prepare(conn: sqlite3.Connection, projections: list[Projection]) -> dict[str, Checkpoint]:
     conn.execute(_CHECKPOINTS_DDL)
+    conn.execute(_PARKED_DDL)
     known = _checkpoints(conn)
     for projection in projections:
         if projection.name in known:
@@ -236,27 +272,30 @@ def _project(
     conn: sqlite3.Connection, targets: list[Target], records: list[Recorded], last: int
 ) -> int:
     for target in targets:
-        name = target.checkpoint
         _check_checkpoint(conn, target)
-        projection = target.projection
-        plan = projection.plan(records_for(target, records))
-        loaded: dict[str, list[Row]] = {}
-        for table_name, keys in wanted_keys(plan).items():
-            table = projection.table(table_name)
-            cursor = conn.execute(
-                f"SELECT {', '.join(table.column_names)} FROM {table.name}{target.suffix} "
-                f"WHERE {loadable_key(table)} IN (SELECT value FROM json_each(?))",
-                (json.dumps([k[0] for k in keys]),),
-            )
-            types = _types(table)
-            loaded[table_name] = [
-                _from_sqlite(dict(zip(table.column_names, row, strict=True)), types)
-                for row in cursor
-            ]
-        rows = fold_page(projection, loaded, plan)
-        _write_changes(conn, target, rows.changes())
-        _save_checkpoint(conn, name, last)
+        _fold_into(conn, target, records_for(target, records))
+        _save_checkpoint(conn, target.checkpoint, last)
     return last
+
+
+def _fold_into(conn: sqlite3.Connection, target: Target, records: list[Recorded]) -> None:
+    """Load the rows ``records`` touch, fold them, write what changed (no checkpoint)."""
+    projection = target.projection
+    plan = projection.plan(records)
+    loaded: dict[str, list[Row]] = {}
+    for table_name, keys in wanted_keys(plan).items():
+        table = projection.table(table_name)
+        cursor = conn.execute(
+            f"SELECT {', '.join(table.column_names)} FROM {table.name}{target.suffix} "
+            f"WHERE {loadable_key(table)} IN (SELECT value FROM json_each(?))",
+            (json.dumps([k[0] for k in keys]),),
+        )
+        types = _types(table)
+        loaded[table_name] = [
+            _from_sqlite(dict(zip(table.column_names, row, strict=True)), types) for row in cursor
+        ]
+    rows = fold_page(projection, loaded, plan)
+    _write_changes(conn, target, rows.changes())
 
 
 def _write_changes(conn: sqlite3.Connection, target: Target, changes: Iterable[Changes]) -> None:
@@ -288,6 +327,42 @@ def _write(conn: sqlite3.Connection, work: list[tuple[Target, list[Changes]]], l
     return last
 
 
+def _park(conn: sqlite3.Connection, target: Target, event: ParkedEvent) -> None:
+    _check_checkpoint(conn, target)
+    _note_parked(conn, event)
+    _save_checkpoint(conn, target.checkpoint, event.position)
+
+
+def _note_parked(conn: sqlite3.Connection, event: ParkedEvent) -> None:
+    conn.execute(_PARK, [_to_sqlite(value) for value in parked_values(event)])
+
+
+def _parked(conn: sqlite3.Connection, names: list[str]) -> list[ParkedEvent]:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (PARKED,)
+    ).fetchone()
+    if exists is None:
+        return []  # nothing was ever prepared here, so nothing parked
+    rows = conn.execute(
+        f"SELECT {', '.join(PARKED_COLUMNS)} FROM {PARKED}"
+        " WHERE projection IN (SELECT value FROM json_each(?)) ORDER BY position, projection",
+        (json.dumps(names),),
+    )
+    return [parked_event((*row[:-1], time_of(row[-1]))) for row in rows]
+
+
+def _apply_parked(conn: sqlite3.Connection, projection: Projection, record: Recorded) -> bool:
+    # BEGIN IMMEDIATE took the write lock: no live page runs beside this one.
+    unparked = conn.execute(
+        f"DELETE FROM {PARKED} WHERE projection = ? AND position = ?",
+        (projection.name, record.position),
+    ).rowcount
+    if not unparked:
+        return False
+    _fold_into(conn, Target(projection, record.position), [record])
+    return True
+
+
 def _check_checkpoint(conn: sqlite3.Connection, target: Target) -> None:
     found = conn.execute(
         f"SELECT position FROM {CHECKPOINTS} WHERE name = ?", (target.checkpoint,)
@@ -307,6 +382,11 @@ def _save_checkpoint(conn: sqlite3.Connection, name: str, position: int) -> None
 
 def _begin_rebuild(conn: sqlite3.Connection, projection: Projection) -> None:
     conn.execute(_CHECKPOINTS_DDL)
+    conn.execute(_PARKED_DDL)
+    # What an earlier attempt parked goes with its tables: this one tries every event again.
+    conn.execute(
+        f"DELETE FROM {PARKED} WHERE projection = ?", (checkpoint_name(projection, aside=True),)
+    )
     for table in projection.tables:
         _create(conn, table, REBUILD_SUFFIX)
     conn.execute(
@@ -340,4 +420,10 @@ def _swap(conn: sqlite3.Connection, projection: Projection) -> Checkpoint:
         (projection.name, position, projection.version, updated),
     )
     conn.execute(f"DELETE FROM {CHECKPOINTS} WHERE name = ?", (aside,))
+    # The events the rebuild parked replace the live ones, as its tables do.
+    conn.execute(_PARKED_DDL)
+    conn.execute(f"DELETE FROM {PARKED} WHERE projection = ?", (projection.name,))
+    conn.execute(
+        f"UPDATE {PARKED} SET projection = ? WHERE projection = ?", (projection.name, aside)
+    )
     return Checkpoint(projection.name, position, projection.version, time_of(updated))

@@ -16,7 +16,9 @@ app, so no handler has to remember either):
   send, which cuts short Hypercorn's closing of a connection whose body was not all read.
   So the body is read here, by a task of this middleware, until the client goes (the app
   gets it through a channel while it runs; what arrives after the app is done is dropped),
-  and the last send of an answer is shielded from that cancellation.
+  and the last send of an answer is shielded from that cancellation. An answer that goes
+  out before the body has all arrived says ``Connection: close``, as Hypercorn then closes
+  the connection (``web.hypercorn_fixes`` makes that close safe).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ TWILIO_FORM_LIMIT = 64 * 1024
 POST_CALL_LIMIT = 16 * 1024 * 1024
 #: Everything else (the API, health, the console's forms) takes small bodies or none.
 DEFAULT_LIMIT = 64 * 1024
+_CLOSE = (b"connection", b"close")
 
 
 @attrs.frozen
@@ -123,10 +126,17 @@ class _Exchange:
     over_limit: bool = False
     response_started: bool = False
     response_complete: bool = False
+    #: Set once the whole body has arrived or the client has gone.
+    body_ended: trio.Event = attrs.field(factory=trio.Event)
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.response_started = True
+            if not self.body_ended.is_set():
+                # Answered before the body has all arrived: Hypercorn will close the
+                # connection after this answer, so say so (a client would otherwise send
+                # its next request on it and wait for an answer that never comes).
+                message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
         if message["type"] != "http.response.body" or message.get("more_body", False):
             await self._send(message)
             return
@@ -148,6 +158,7 @@ class _Exchange:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    self.body_ended.set()
                     _offer(to_app, message)
                     return
                 received += len(message.get("body", b""))
@@ -159,23 +170,23 @@ class _Exchange:
                         self.app_scope.cancel()
                 if not self.over_limit:
                     _offer(to_app, message)
+                if not message.get("more_body", False):
+                    self.body_ended.set()
 
     async def too_large(self) -> None:
         """Answer 413 unless the app has already begun its answer (then it stands)."""
         if self.response_started:
             return
-        self.response_started = True
         body = json.dumps(
             {"error": f"a request body to this path is at most {self.limit} bytes"}
         ).encode()
-        await self._send(
+        await self.send(
             {
                 "type": "http.response.start",
                 "status": 413,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
                 ],
             }
         )

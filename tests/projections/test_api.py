@@ -6,6 +6,7 @@ import httpx
 import trio
 
 from events.store import EventStore
+from projections.runner import ALL_PROJECTIONS
 from tests.e2e.harness import of_type, running_aftercall
 
 ANA = "+15551230001"
@@ -59,8 +60,11 @@ async def test_conversation_history_and_metrics_over_http(store: EventStore) -> 
         bad = await http.get("/api/conversations", params={"limit": "x"}, headers=AUTH)
         assert (bad.status_code, bad.json()["error"]) == (
             400,
-            "limit must be a whole number, not 'x'",
+            "limit must be a whole number from 1 to 1000, not 'x'",
         )
+        # A LIMIT past int64 was a database error (a 500).
+        huge = await http.get("/api/conversations", params={"limit": "9" * 30}, headers=AUTH)
+        assert huge.status_code == 400
         state = await http.get("/api/conversations", params={"state": "gone"}, headers=AUTH)
         assert state.status_code == 400
 
@@ -75,11 +79,7 @@ async def test_conversation_history_and_metrics_over_http(store: EventStore) -> 
         assert metrics["agent_latency_seconds"]["overall"]["count"] == 1
         assert metrics["added_latency_seconds"]["overall"]["count"] == 1
         assert metrics["added_latency_seconds"]["overall"]["p50"] >= 0
-        assert {p["name"] for p in metrics["projections"]} == {
-            "history",
-            "conversations",
-            "metrics",
-        }
+        assert {p["name"] for p in metrics["projections"]} == {p.name for p in ALL_PROJECTIONS}
 
 
 async def test_the_api_is_off_without_a_configured_token(store: EventStore) -> None:
