@@ -18,26 +18,20 @@ from pathlib import Path
 import attrs
 
 from aftercall.storage import StoreLocation, store_location
+from aftercall.texts import DEFAULT_LANGUAGE, ENGLISH, TEXTS
+from followup.conversation import DEFAULT_OPTIN_KEYWORDS, DEFAULT_OPTOUT_KEYWORDS, keyword_form
 
 
 class SettingsError(ValueError):
     """Settings that cannot work; the message names every variable to fix."""
 
 
-DEFAULT_FIRST_MESSAGE = (
-    "Hi {name}, thanks for talking with us just now. If anything else comes to mind, "
-    "just reply here and we'll help."
-)
-DEFAULT_FALLBACK = (
-    "Sorry, I can't answer that right now. Please write again in a moment and I'll pick it up."
-)
-DEFAULT_MISSED_CALL_TEXT = (
-    "Hi, we tried to call you just now but couldn't reach you. If it suits you better, "
-    "just reply here and we'll help."
-)
-DEFAULT_MEDIA_NOTICE = (
-    "Thanks! I can only read text messages here. Could you type your question for me?"
-)
+DEFAULT_FIRST_MESSAGE = ENGLISH.first_message
+DEFAULT_FALLBACK = ENGLISH.fallback
+DEFAULT_MISSED_CALL_TEXT = ENGLISH.missed_call
+DEFAULT_MEDIA_NOTICE = ENGLISH.media_notice
+#: The agent's client tool that asks for a person (``AFTERCALL_HANDOFF_TOOL``).
+DEFAULT_HANDOFF_TOOL = "handoff_to_human"
 
 
 @attrs.frozen
@@ -67,6 +61,22 @@ class Settings:
     follow_up_failed_calls: bool = False
     #: The agent's phone number id at ElevenLabs, for ``aftercall call``.
     elevenlabs_agent_phone_number_id: str | None = None
+    #: ``AFTERCALL_LANGUAGE``: which defaults the texts below came from.
+    language: str = DEFAULT_LANGUAGE
+    optout_confirmation_text: str = ENGLISH.optout_confirmation
+    optin_confirmation_text: str = ENGLISH.optin_confirmation
+    handoff_notice_text: str = ENGLISH.handoff_notice
+    unnamed: str = ENGLISH.unnamed
+    missed_call_summary: str = ENGLISH.missed_call_summary
+    optout_keywords: tuple[str, ...] = DEFAULT_OPTOUT_KEYWORDS
+    optin_keywords: tuple[str, ...] = DEFAULT_OPTIN_KEYWORDS
+    #: Words that, alone in a message, ask for a person (empty: off).
+    handoff_keywords: tuple[str, ...] = ()
+    #: The agent's hand-off client tool; ``None``: the agent cannot ask for a person.
+    handoff_tool: str | None = DEFAULT_HANDOFF_TOOL
+    #: Seconds without anything from a person at the business before a conversation waiting
+    #: for (or held by) one goes back to the bot; ``None``: never.
+    handoff_auto_return: float | None = None
 
     @property
     def status_callback_url(self) -> str:
@@ -116,6 +126,29 @@ def _flag(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
     return False
 
 
+def _keywords(
+    env: Mapping[str, str], name: str, default: tuple[str, ...], problems: list[str]
+) -> tuple[str, ...]:
+    """A comma-separated keyword list; each must be something a message can be alone
+    (letters or digits, once case, accents and punctuation are set aside)."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    words = tuple(word.strip() for word in raw.split(",") if word.strip())
+    empty = [word for word in words if not keyword_form(word)]
+    if empty:
+        problems.append(f"{name} has keywords with no letter or digit: {', '.join(empty)}")
+    return words
+
+
+def _optional_seconds(env: Mapping[str, str], name: str, problems: list[str]) -> float | None:
+    """Seconds, or ``None`` when unset or ``0``/``off``."""
+    raw = env.get(name, "").strip()
+    if not raw or raw.lower() in ("0", "off", "no", "false"):
+        return None
+    return _float(env, name, 0.0, problems)
+
+
 def batch_poll_seconds(env: Mapping[str, str], problems: list[str]) -> float | None:
     """``AFTERCALL_BATCH_POLL_SECONDS``: unset means off (on, every 5 s, in sandbox mode);
     ``0`` or ``off`` switches the monitor off."""
@@ -155,12 +188,35 @@ def load_settings(
         "AFTERCALL_FALLBACK_TEXT",
         "AFTERCALL_MEDIA_NOTICE",
         "AFTERCALL_MISSED_CALL_TEXT",
+        "AFTERCALL_OPTOUT_CONFIRMATION",
+        "AFTERCALL_OPTIN_CONFIRMATION",
+        "AFTERCALL_HANDOFF_NOTICE",
     ):
         if name in env and not env[name].strip():
             problems.append(f"{name} is set but empty (an empty WhatsApp message is never sent)")
+    language = (env.get("AFTERCALL_LANGUAGE") or DEFAULT_LANGUAGE).strip().lower()
+    if language not in TEXTS:
+        problems.append(
+            f"AFTERCALL_LANGUAGE must be one of {', '.join(TEXTS)}, "
+            f"not {env['AFTERCALL_LANGUAGE']!r}"
+        )
+        language = DEFAULT_LANGUAGE
+    texts = TEXTS[language]
     poll_seconds = batch_poll_seconds(env, problems)
     follow_up_failed = _flag(env, "AFTERCALL_FOLLOW_UP_FAILED_CALLS", problems)
-    first_message = env.get("AFTERCALL_FIRST_MESSAGE") or DEFAULT_FIRST_MESSAGE
+    optout_keywords = _keywords(env, "AFTERCALL_OPTOUT_KEYWORDS", DEFAULT_OPTOUT_KEYWORDS, problems)
+    optin_keywords = _keywords(env, "AFTERCALL_OPTIN_KEYWORDS", DEFAULT_OPTIN_KEYWORDS, problems)
+    handoff_keywords = _keywords(env, "AFTERCALL_HANDOFF_KEYWORDS", (), problems)
+    clash = {keyword_form(w) for w in optout_keywords} & {keyword_form(w) for w in optin_keywords}
+    if clash:
+        problems.append(
+            "AFTERCALL_OPTOUT_KEYWORDS and AFTERCALL_OPTIN_KEYWORDS share "
+            + ", ".join(sorted(clash))
+        )
+    tool_name = (env.get("AFTERCALL_HANDOFF_TOOL") or DEFAULT_HANDOFF_TOOL).strip()
+    handoff_tool = None if tool_name.lower() in ("off", "none", "0", "no", "false") else tool_name
+    auto_return = _optional_seconds(env, "AFTERCALL_HANDOFF_AUTO_RETURN", problems)
+    first_message = env.get("AFTERCALL_FIRST_MESSAGE") or texts.first_message
     try:
         first_message.format(name="x", summary="y")
     except (KeyError, IndexError, ValueError) as exc:
@@ -184,9 +240,9 @@ def load_settings(
         twilio_whatsapp_from=env["TWILIO_WHATSAPP_FROM"],
         first_message_template_sid=env.get("AFTERCALL_FIRST_MESSAGE_TEMPLATE_SID") or None,
         first_message_text=first_message,
-        fallback_text=env.get("AFTERCALL_FALLBACK_TEXT") or DEFAULT_FALLBACK,
-        media_notice_text=env.get("AFTERCALL_MEDIA_NOTICE") or DEFAULT_MEDIA_NOTICE,
-        missed_call_text=env.get("AFTERCALL_MISSED_CALL_TEXT") or DEFAULT_MISSED_CALL_TEXT,
+        fallback_text=env.get("AFTERCALL_FALLBACK_TEXT") or texts.fallback,
+        media_notice_text=env.get("AFTERCALL_MEDIA_NOTICE") or texts.media_notice,
+        missed_call_text=env.get("AFTERCALL_MISSED_CALL_TEXT") or texts.missed_call,
         turn_timeout=turn_timeout,
         idle_timeout=idle_timeout,
         admin_token=env.get("AFTERCALL_ADMIN_TOKEN") or None,
@@ -194,6 +250,18 @@ def load_settings(
         batch_poll_seconds=poll_seconds,
         follow_up_failed_calls=follow_up_failed,
         elevenlabs_agent_phone_number_id=env.get("ELEVENLABS_AGENT_PHONE_NUMBER_ID") or None,
+        language=language,
+        optout_confirmation_text=env.get("AFTERCALL_OPTOUT_CONFIRMATION")
+        or texts.optout_confirmation,
+        optin_confirmation_text=env.get("AFTERCALL_OPTIN_CONFIRMATION") or texts.optin_confirmation,
+        handoff_notice_text=env.get("AFTERCALL_HANDOFF_NOTICE") or texts.handoff_notice,
+        unnamed=texts.unnamed,
+        missed_call_summary=texts.missed_call_summary,
+        optout_keywords=optout_keywords,
+        optin_keywords=optin_keywords,
+        handoff_keywords=handoff_keywords,
+        handoff_tool=handoff_tool,
+        handoff_auto_return=auto_return,
     )
 
 

@@ -32,8 +32,25 @@ import attrs
 
 from events.codec import derived_id, event_type
 
-ReplyKind = Literal["first_message", "agent", "fallback", "media_notice"]
+ReplyKind = Literal[
+    "first_message",
+    "agent",
+    "fallback",
+    "media_notice",
+    # what a person at the business writes (``OperatorMessageRequested``)
+    "operator",
+    # aftercall's own notices about who may speak (``events.conversation`` control facts)
+    "optout_confirmation",
+    "optin_confirmation",
+    "handoff_notice",
+]
 FallbackReason = Literal["timeout", "empty", "session_closed", "unavailable", "protocol"]
+#: Who asked for a person: the agent (its hand-off client tool) or the person themself (a
+#: hand-off keyword, ``AFTERCALL_HANDOFF_KEYWORDS``).
+HumanRequester = Literal["agent", "customer"]
+#: Why the bot's words were not sent: a person at the business has the conversation (or
+#: is being waited for), the person opted out, or Twilio says they cannot receive.
+SilenceReason = Literal["human", "opted_out", "unreachable"]
 
 
 @attrs.frozen
@@ -151,6 +168,9 @@ class ReplyRequested:
     #: last wrote from, kept in the intent so a retry or a reconciliation after a crash
     #: addresses the same number.
     to: str | None = None
+    #: For ``kind="operator"``: who wrote it, and the ``OperatorMessageRequested`` it sends.
+    operator: str | None = None
+    operator_request_id: str | None = None
 
 
 @event_type
@@ -206,12 +226,164 @@ class DeliveryStatusChanged:
     error_message: str | None = None
 
 
+# -- who may speak: people in control ---------------------------------------------------------
+#
+# Two kinds of events decide who may speak to the person. Decisions of the phone actor
+# (``OptedOut``, ``OptedIn``, ``HumanRequested``, ``AgentReplySuppressed``,
+# ``ReplyWithdrawn``, ``FirstMessageSkipped``), folded from the person's own messages and the
+# agent's tool calls; and facts from outside (``HumanTookOver``, ``HandedBack``,
+# ``OperatorMessageRequested`` from operators through the API or the console;
+# ``RecipientUnreachable`` from Twilio), appended beside the actor's decisions. Both live in
+# the phone's stream, so a restart folds exactly the same answer to "who may speak now".
+
+
+@event_type
+@attrs.frozen
+class OptedOut:
+    """The person sent an opt-out keyword (``STOP``, ``BAJA``...): nothing more is sent to
+    them but one confirmation, until they opt in again. ``message_sid`` is the keyword's
+    message; ``dropped`` lists the unanswered messages before it, left unanswered."""
+
+    message_sid: str
+    keyword: str
+    at: datetime
+    dropped: tuple[str, ...] = ()
+
+
+@event_type
+@attrs.frozen
+class OptedIn:
+    """The person sent an opt-in keyword (``START``, ``ALTA``...) while opted out; the
+    messages they sent while opted out (``dropped``) stay unanswered."""
+
+    message_sid: str
+    keyword: str
+    at: datetime
+    dropped: tuple[str, ...] = ()
+
+
+@event_type
+@attrs.frozen
+class RecipientUnreachable:
+    """Twilio says this person cannot or will not receive (``error_code``: 21610 opted out
+    at Twilio, 63014 blocked, 63024 not a valid WhatsApp user, 63003 no such address; see
+    ``clients.twilio.recipients``). Nothing is sent until the person writes again.
+
+    Recorded from the answer to a send (``reply_id``) or from a status callback
+    (``message_sid``), with an id derived from those, so a repeat records nothing."""
+
+    error_code: int
+    meaning: str
+    at: datetime
+    message_sid: str | None = None
+    reply_id: str | None = None
+    detail: str | None = None
+
+
+@event_type
+@attrs.frozen
+class HumanRequested:
+    """The conversation waits for a person at the business: the agent called its hand-off
+    client tool (``tool_call_id``) or the person wrote a hand-off keyword (``message_sid``).
+    Until someone takes it over or hands it back, the bot says nothing."""
+
+    by: HumanRequester
+    reason: str
+    at: datetime
+    turn_id: str | None = None
+    tool_call_id: str | None = None
+    message_sid: str | None = None
+
+
+@event_type
+@attrs.frozen
+class HumanTookOver:
+    """A person at the business (``operator``) took the conversation over: the bot stays
+    silent, inbound messages are only recorded, until ``HandedBack``."""
+
+    operator: str
+    at: datetime
+    reason: str | None = None
+
+
+@event_type
+@attrs.frozen
+class HandedBack:
+    """The conversation is the bot's again. ``operator`` handed it back; ``None``: nobody
+    at the business answered for ``AFTERCALL_HANDOFF_AUTO_RETURN`` seconds."""
+
+    at: datetime
+    operator: str | None = None
+    reason: str | None = None
+
+
+@event_type
+@attrs.frozen
+class OperatorMessageRequested:
+    """An operator asked for ``text`` to be sent to the person. The phone actor turns it
+    into a ``ReplyRequested(kind="operator")`` and sends it like any reply (intent, send,
+    outcome; looked up before a resend after a crash)."""
+
+    request_id: str
+    operator: str
+    text: str
+    at: datetime
+
+
+@event_type
+@attrs.frozen
+class AgentReplySuppressed:
+    """The agent's answer to a turn (``text``, possibly empty when the turn never got one)
+    was not sent: by the time it came, a person had the conversation, or the person had
+    opted out. The turn is over; its messages are the person's to answer now."""
+
+    turn_id: str
+    text: str
+    reason: SilenceReason
+    at: datetime
+
+
+@event_type
+@attrs.frozen
+class ReplyWithdrawn:
+    """The unsent parts of a reply in the outbox (``parts``) will not be sent: a person took
+    the conversation over, the person opted out, or Twilio says they cannot receive."""
+
+    reply_id: str
+    parts: tuple[int, ...]
+    reason: SilenceReason
+    at: datetime
+
+
+@event_type
+@attrs.frozen
+class FirstMessageSkipped:
+    """No first message after this call: the person opted out, cannot receive, or a person
+    at the business has the conversation (``reason`` says which, as "skipped: opted out")."""
+
+    call_conversation_id: str
+    reason: str
+    at: datetime
+
+
 def inbound_event_id(message_sid: str) -> UUID:
     return derived_id("twilio-inbound", message_sid)
 
 
 def status_event_id(message_sid: str, status: str) -> UUID:
     return derived_id("twilio-status", message_sid, status)
+
+
+def unreachable_event_id(code: int, about: str) -> UUID:
+    """One ``RecipientUnreachable`` per failed message: ``about`` is its MessageSid (a
+    status callback, which Twilio may deliver twice) or ``<reply_id>/<part>`` (a send Twilio
+    refused, which has no MessageSid)."""
+    return derived_id("twilio-unreachable", str(code), about)
+
+
+def operator_message_event_id(phone: str, idempotency_key: str) -> UUID:
+    """An operator message sent with an ``Idempotency-Key``: a retried request is a no-op."""
+    return derived_id("operator-message", phone, idempotency_key)
 
 
 def phone_stream(phone: str) -> str:

@@ -85,6 +85,8 @@ from followup.call_rules import (
     recipient_phone,
     worth_a_look,
 )
+from followup.control import fold_conversation
+from followup.conversation import skip_reason
 
 logger = logging.getLogger(__name__)
 
@@ -365,6 +367,11 @@ async def _record(
         call_record = "already_recorded" if result.duplicate else "recorded"
         wanted = isinstance(event, CallCompleted) or event.follow_up
         if not result.duplicate and wanted:
+            # Opted out, unreachable or with a person: the phone actor records the skip in
+            # the conversation; the batch's record says it too ("skipped: opted out").
+            skipped = skip_reason(await fold_conversation(work.store, event.phone))
+            if skipped is not None:
+                detail = f"{detail}; {skipped}" if detail else skipped
             work.notify_phone(event.phone)
             followed_up.append(event.phone)
     settled = RecipientSettled(

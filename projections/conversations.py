@@ -7,7 +7,16 @@ The stored ``state`` is where the conversation stood after its last event:
 - ``waiting``: everything is answered; the next move is the person's;
 - ``failed``: the last thing that happened went wrong and nothing has recovered it since:
   Twilio refused the last reply or failed to deliver the last message sent, the phone's
-  actor was stopped by its supervisor, or the call itself failed.
+  actor was stopped by its supervisor, or the call itself failed;
+- ``waiting_for_human``: the agent (its hand-off tool) or the person (a hand-off keyword)
+  asked for a person at the business, and nobody has taken it over yet;
+- ``with_human``: a person at the business has it (``control_by`` says who); the bot is
+  silent;
+- ``opted_out``: the person opted out; nothing is sent to them;
+- ``unreachable``: Twilio says they cannot or will not receive (``unreachable_code``).
+
+Who may speak comes before the rest: a conversation with a person, or opted out, says so
+whatever else is pending (``stored_state`` gives the order).
 
 ``idle`` depends on the clock, not on an event, so it is decided when read
 (`effective_state`): a ``waiting`` conversation with no message either way for 24 hours,
@@ -30,7 +39,16 @@ from projections.rules import FAILED_STATUSES, part_count, part_id, phone_of, ti
 SERVICE_WINDOW: Final = timedelta(hours=24)
 #: A waiting conversation with no message either way for this long is idle.
 IDLE_AFTER: Final = SERVICE_WINDOW
-STATES: Final = ("active", "waiting", "idle", "failed")
+STATES: Final = (
+    "active",
+    "waiting",
+    "idle",
+    "failed",
+    "waiting_for_human",
+    "with_human",
+    "opted_out",
+    "unreachable",
+)
 
 CONVERSATIONS = Table(
     "conversations",
@@ -42,7 +60,8 @@ CONVERSATIONS = Table(
         " last_outbound_at time, last_outbound_text text, last_outbound_sid text,"
         " window_ends_at time,"
         " last_activity_at time, last_error text, last_error_at time, started_at time,"
-        " updated_at time, position int"
+        " updated_at time, position int, control text, control_by text, control_reason text,"
+        " control_since time, opted_out bool, unreachable_code int"
     ),
     key=("phone",),
     indexes=(("state", "last_activity_at"), ("last_activity_at",)),
@@ -74,6 +93,13 @@ def _with_part(phone: str, data: Mapping[str, Any]) -> list[tuple[str, Key]]:
     return [
         ("conversations", (phone,)),
         ("conversation_outbox", (part_id(data["reply_id"], data["part"]),)),
+    ]
+
+
+def _with_parts(phone: str, data: Mapping[str, Any]) -> list[tuple[str, Key]]:
+    return [
+        ("conversations", (phone,)),
+        *(("conversation_outbox", (part_id(data["reply_id"], p),)) for p in data["parts"]),
     ]
 
 
@@ -111,6 +137,7 @@ def _received(_rows: RowSet, row: Row, record: Recorded) -> None:
     at = time_of(data["received_at"])
     row["messages_in"] += 1
     row["unanswered"] += 1
+    row["unreachable_code"] = None  # they wrote: they can receive
     if row["last_inbound_at"] is None or (at is not None and at >= row["last_inbound_at"]):
         row["last_inbound_at"] = at
         row["last_inbound_text"] = data.get("body") or ""
@@ -194,6 +221,60 @@ def _stopped(_rows: RowSet, row: Row, record: Recorded) -> None:
     )
 
 
+def _withdrawn(rows: RowSet, row: Row, record: Recorded) -> None:
+    for part in record.data["parts"]:
+        _settle(rows, row, {"reply_id": record.data["reply_id"], "part": part})
+
+
+def _opted_out(_rows: RowSet, row: Row, record: Recorded) -> None:
+    row["opted_out"] = True
+    _consumed(row, record)
+
+
+def _opted_in(_rows: RowSet, row: Row, record: Recorded) -> None:
+    row["opted_out"] = False
+    _consumed(row, record)
+
+
+def _consumed(row: Row, record: Recorded) -> None:
+    """The keyword's message and those before it: answered by nobody, on purpose."""
+    row["unanswered"] = max(0, row["unanswered"] - 1 - len(record.data.get("dropped") or ()))
+
+
+def _unreachable(_rows: RowSet, row: Row, record: Recorded) -> None:
+    data = record.data
+    code = data.get("error_code")
+    row["unreachable_code"] = code if type(code) is int and abs(code) < 2**63 else None
+    _error(row, _twilio(code, data.get("meaning") or "cannot receive"), time_of(data["at"]))
+
+
+def _human_requested(_rows: RowSet, row: Row, record: Recorded) -> None:
+    data = record.data
+    _control(row, "waiting_for_human", data["by"], data.get("reason"), data["at"])
+
+
+def _took_over(_rows: RowSet, row: Row, record: Recorded) -> None:
+    data = record.data
+    _control(row, "human", data["operator"], data.get("reason"), data["at"])
+
+
+def _handed_back(_rows: RowSet, row: Row, record: Recorded) -> None:
+    if record.data.get("operator") is not None:
+        row["unanswered"] = 0  # read by the person at the business (followup.conversation)
+    _control(row, "bot", None, record.data.get("reason"), record.data["at"])
+
+
+def _control(row: Row, control: str, by: Any, reason: Any, at: Any) -> None:
+    row["control"] = control
+    row["control_by"] = by
+    row["control_reason"] = reason
+    row["control_since"] = time_of(at)
+
+
+def _first_message_skipped(_rows: RowSet, row: Row, _record: Recorded) -> None:
+    row["first_message_due"] = False
+
+
 def _nothing(_rows: RowSet, _row: Row, _record: Recorded) -> None:
     """Progress only: the actor is running (see ``_PROGRESS``)."""
 
@@ -241,6 +322,8 @@ def _new(phone: str, record: Recorded) -> Row:
         failing=False,
         actor_stopped=False,
         started_at=record.recorded_at,
+        control="bot",
+        opted_out=False,
     )
     return row
 
@@ -249,6 +332,14 @@ def stored_state(row: Row) -> str:
     """The state after the row's last event (``idle`` is decided when read)."""
     if row["actor_stopped"]:
         return "failed"
+    if row["unreachable_code"] is not None:
+        return "unreachable"
+    if row["opted_out"]:
+        return "opted_out"
+    if row["control"] == "waiting_for_human":
+        return "waiting_for_human"
+    if row["control"] == "human":
+        return "with_human"
     if row["first_message_due"] or row["unanswered"] > 0 or row["pending_parts"] > 0:
         return "active"
     if row["failing"]:
@@ -265,7 +356,7 @@ def effective_state(state: str, last_activity_at: datetime | None, now: datetime
 
 CONVERSATIONS_PROJECTION = Projection(
     "conversations",
-    2,
+    3,
     (CONVERSATIONS, OUTBOX),
     {
         "CallCompleted": _rule(_call_completed),
@@ -280,6 +371,15 @@ CONVERSATIONS_PROJECTION = Projection(
         "ReplyFailed": _rule(_reply_failed, _with_part),
         "DeliveryStatusChanged": _rule(_status),
         "ActorStopped": _rule(_stopped),
+        "ReplyWithdrawn": _rule(_withdrawn, _with_parts),
+        "OptedOut": _rule(_opted_out),
+        "OptedIn": _rule(_opted_in),
+        "RecipientUnreachable": _rule(_unreachable),
+        "HumanRequested": _rule(_human_requested),
+        "HumanTookOver": _rule(_took_over),
+        "HandedBack": _rule(_handed_back),
+        "FirstMessageSkipped": _rule(_first_message_skipped),
+        "AgentReplySuppressed": _rule(_nothing),
     },
     subject=_subject,
 )

@@ -20,6 +20,7 @@ from typing import Any
 from projections.model import Key, Projection, Recorded, Row, RowSet, Rule, Table, columns
 from projections.rules import (
     FAILED_STATUSES,
+    fitting_code,
     later_status,
     part_count,
     part_id,
@@ -65,14 +66,27 @@ def _failed(rows: RowSet, phone: str, record: Recorded) -> None:
     key = part_id(data["reply_id"], data["part"])
     row = rows.get("message_history", key) or _bare(key, phone, record)
     at = time_of(data["failed_at"])
+    code, message = fitting_code(data.get("error_code"), data.get("detail"))
     row.update(
         status="failed",
-        error_code=data.get("error_code"),
-        error_message=data.get("detail"),
+        error_code=code,
+        error_message=message,
         failed_at=at,
         updated_at=at,
     )
     rows.put("message_history", row)
+
+
+def _withdrawn(rows: RowSet, phone: str, record: Recorded) -> None:
+    """Parts of a reply that will not be sent (a person took over, the person opted out,
+    Twilio says they cannot receive): shown as requested, then withdrawn, with why."""
+    data = record.data
+    at = time_of(data["at"])
+    for part in data["parts"]:
+        key = part_id(data["reply_id"], part)
+        row = rows.get("message_history", key) or _bare(key, phone, record)
+        row.update(status="withdrawn", error_message=f"withdrawn: {data['reason']}", updated_at=at)
+        rows.put("message_history", row)
 
 
 def _current_call(rows: RowSet, phone: str) -> str | None:
@@ -171,8 +185,9 @@ def _status(rows: RowSet, phone: str, record: Recorded) -> None:
         row[_TIME_OF_STATUS[status]] = at
     if status in FAILED_STATUSES:
         row["failed_at"] = row["failed_at"] or at
-        row["error_code"] = data.get("error_code")
-        row["error_message"] = data.get("error_message")
+        row["error_code"], row["error_message"] = fitting_code(
+            data.get("error_code"), data.get("error_message")
+        )
     row["updated_at"] = at
     rows.put("message_history", row)
 
@@ -224,6 +239,10 @@ HISTORY = Projection(
             _failed, lambda _, data: [_message(part_id(data["reply_id"], data["part"]))]
         ),
         "DeliveryStatusChanged": Rule(_status, lambda _, data: [_message(data["message_sid"])]),
+        "ReplyWithdrawn": Rule(
+            _withdrawn,
+            lambda _, data: [_message(part_id(data["reply_id"], p)) for p in data["parts"]],
+        ),
     },
     subject=phone_of,
 )

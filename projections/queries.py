@@ -17,12 +17,16 @@ from projections.conversations import CONVERSATIONS, STATES, effective_state
 from projections.history import MESSAGES
 from projections.metrics import COUNTERS, FUNNEL, REPLIES, TURNS
 from projections.model import ColumnType, Row, Table
+from projections.optouts import BLOCKED, OPTOUTS
 from projections.readmodels import ReadModels
 
 PERCENTILES: Final = (50, 95, 99)
 MAX_LIMIT: Final = 1000
 #: What ``--active`` / ``?active=true`` means: the follow-ups still going on.
 ACTIVE_STATES: Final = ("active", "waiting")
+#: What ``--waiting`` / ``?waiting=true`` means: conversations waiting for a person at the
+#: business (asked for by the agent or the person; nobody has taken them over yet).
+WAITING_STATES: Final = ("waiting_for_human",)
 
 
 class NotFound(LookupError):
@@ -64,7 +68,8 @@ _CONVERSATION_COLUMNS: Final = (
     "phone, state, call_conversation_id, calls_completed, calls_failed, messages_in,"
     " messages_out, replies_failed, fallbacks, unanswered, pending_parts, last_inbound_at,"
     " last_inbound_text, last_outbound_at, last_outbound_text, window_ends_at,"
-    " last_activity_at, last_error, last_error_at, started_at, updated_at"
+    " last_activity_at, last_error, last_error_at, started_at, updated_at, control,"
+    " control_by, control_reason, control_since, opted_out, unreachable_code"
 )
 
 
@@ -133,6 +138,24 @@ async def conversation(
     row = _present(rows[0], now or datetime.now(UTC))
     row["messages"] = await history(models, phone, limit=messages)
     return row
+
+
+# -- the opt-out list -----------------------------------------------------------------------
+_OPTOUT_COLUMNS: Final = "phone, state, keyword, error_code, reason, since, message_sid, updated_at"
+
+
+async def optouts(models: ReadModels, *, everyone: bool = False, limit: int = 1000) -> list[Row]:
+    """The phones nothing is sent to (opted out, or unreachable), most recent first;
+    ``everyone`` adds those who opted back in or wrote again since."""
+    where = "" if everyone else f"WHERE state IN ({', '.join('?' * len(BLOCKED))})"
+    params: list[Any] = [] if everyone else list(BLOCKED)
+    return await models.query(
+        f"SELECT {_OPTOUT_COLUMNS} FROM optouts {where}"
+        " ORDER BY since DESC NULLS LAST, phone LIMIT ?",
+        *params,
+        _limit(limit),
+        types=_types(OPTOUTS),
+    )
 
 
 # -- metrics ------------------------------------------------------------------------------

@@ -1,9 +1,27 @@
-"""The JSON API over the read models, for dashboards and scripts.
+"""The JSON API over the read models, for dashboards and scripts, and the operators' hand.
 
-``GET /api/conversations`` (``?active=true``, ``?state=failed``, ``?limit=50``),
-``GET /api/conversations/<phone>`` (the conversation and its latest messages; the phone in
-E.164, ``+`` written as ``%2B`` or left out), ``GET /api/metrics`` (with each projection's
-position against the log).
+``GET /api/conversations`` (``?active=true``, ``?waiting=true``, ``?state=failed``,
+``?limit=50``), ``GET /api/conversations/<phone>`` (the conversation and its latest
+messages; the phone in E.164, ``+`` written as ``%2B`` or left out), ``GET /api/metrics``
+(with each projection's position against the log), ``GET /api/optouts`` (``?all=true``).
+
+People in control (``followup.control``; each answers with the HTTP status its rule gives):
+
+- ``POST /api/conversations/<phone>/handoff`` ``{"reason"?, "operator"?}``: a person takes
+  the conversation over; the bot says nothing until it is handed back. 409 when another
+  operator has it.
+- ``POST /api/conversations/<phone>/messages`` ``{"text", "operator"?}``: the operator's
+  message, sent by the phone actor like any reply (202). 409 when the person opted out or
+  cannot receive; 422 outside WhatsApp's 24-hour window (only an approved template can be
+  delivered then). Writing to a conversation the bot has takes it over. An
+  ``Idempotency-Key`` header makes a retried request a no-op (200).
+- ``POST /api/conversations/<phone>/resume`` ``{"reason"?, "operator"?}``: hand it back
+  to the bot.
+
+A field a route does not take is refused (400), not ignored.
+
+The operator is ``"api"`` unless the body names one: the token says the caller may act,
+not who they are.
 
 Every route wants ``Authorization: Bearer <AFTERCALL_ADMIN_TOKEN>``: 401 without it or with
 a wrong one (compared in constant time). When no token is configured the API is off (403),
@@ -13,15 +31,20 @@ rather than open: these answers hold people's messages.
 from __future__ import annotations
 
 import hmac
-from typing import Any
+import json
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import attrs
 from quart import Blueprint, Response, jsonify, request
 
 from events.phones import identity_phone
+from followup import control
+from followup.conversation import Refused
 from projections import queries
 from projections.runner import ProjectionRunner
 from web.context import current_system
+from web.post_call import json_problem
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -36,23 +59,31 @@ def _error(status: int, reason: str, **headers: str) -> Response:
     return response
 
 
-def _runner() -> tuple[ProjectionRunner | None, Response | None]:
-    """The running projections, once the caller has shown the admin token."""
+def _refused() -> Response | None:
+    """Why the caller may not use the API (no token configured, a wrong one), or None."""
     system = current_system()
     token: str | None = system.settings.admin_token
     if not token:
-        return None, _error(403, "the admin API is off: set AFTERCALL_ADMIN_TOKEN to enable it")
+        return _error(403, "the admin API is off: set AFTERCALL_ADMIN_TOKEN to enable it")
     given = request.headers.get("Authorization", "")
     scheme, _, credentials = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         credentials.strip().encode(), token.encode()
     ):
-        return None, _error(
+        return _error(
             401,
             "missing or wrong bearer token (Authorization: Bearer <AFTERCALL_ADMIN_TOKEN>)",
             **{"WWW-Authenticate": 'Bearer realm="aftercall"'},
         )
-    runner = system.projections
+    return None
+
+
+def _runner() -> tuple[ProjectionRunner | None, Response | None]:
+    """The running projections, once the caller has shown the admin token."""
+    refused = _refused()
+    if refused is not None:
+        return None, refused
+    runner = current_system().projections
     if runner is None:
         return None, _error(503, "projections are not running in this process")
     return runner, None
@@ -92,6 +123,8 @@ async def list_conversations() -> Response:
         states = request.args.getlist("state") or (
             list(queries.ACTIVE_STATES) if _flag("active") else []
         )
+        if _flag("waiting"):
+            states = [*states, *queries.WAITING_STATES]
         rows = await queries.conversations(runner.models, states=states, limit=_int("limit", 100))
     except ValueError as exc:
         return _error(400, str(exc))
@@ -128,3 +161,186 @@ async def show_metrics() -> Response:
     # followup.phone.DecisionConflict).
     found["decision_conflicts"] = current_system().conflicts.decision_conflicts
     return jsonify(found)
+
+
+@api.get("/optouts")
+async def list_optouts() -> Response:
+    """The phones nothing is sent to (``?all=true``: also those who opted back in)."""
+    runner, refused = _runner()
+    if refused is not None:
+        return refused
+    assert runner is not None
+    try:
+        rows = await queries.optouts(
+            runner.models, everyone=_flag("all"), limit=_int("limit", MAX_LIMIT)
+        )
+    except ValueError as exc:
+        return _error(400, str(exc))
+    return jsonify({"optouts": [queries.jsonable(r) for r in rows]})
+
+
+# -- people in control ----------------------------------------------------------------------
+
+#: Longest operator name, hand-off reason and message (four WhatsApp messages of 1,600).
+MAX_OPERATOR: Final = 100
+MAX_REASON: Final = 500
+MAX_TEXT: Final = 4 * 1600
+MAX_IDEMPOTENCY_KEY: Final = 200
+
+
+class BadRequest(ValueError):
+    """A request body or field that cannot be used; answered 400 with the message."""
+
+
+def _phone(raw: str) -> str:
+    # A '+' in a path may arrive as a space (form decoding); none also means E.164.
+    return identity_phone("+" + raw.strip().lstrip("+"))
+
+
+async def _body(*, required: bool) -> dict[str, Any]:
+    """The JSON object the request carries (``{}`` for an empty body when allowed)."""
+    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    if not raw.strip():
+        if required:
+            raise BadRequest('a JSON object body is required, e.g. {"text": "..."}')
+        return {}
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the body is not JSON ({str(exc)[:200]})") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    problem = json_problem(data)
+    if problem is not None:
+        raise BadRequest(problem)
+    return data
+
+
+def _only(data: dict[str, Any], *known: str) -> None:
+    """Refuse fields this route does not take: a misspelt one would otherwise be ignored
+    in silence (``{"txt": ...}``, ``{"operater": ...}``)."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        shown = ", ".join(repr(name[:40]) for name in unknown[:5])
+        raise BadRequest(f"unknown field(s) {shown}; this route takes {', '.join(known)}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _text(data: dict[str, Any], name: str, most: int, *, required: bool = False) -> str | None:
+    """A string field: trimmed, not empty, at most ``most`` characters, storable (no NUL,
+    no lone surrogate: PostgreSQL's jsonb and UTF-8 take neither)."""
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"{name!r} is required")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name!r} must be a string")
+    value = value.strip()
+    if not value:
+        if required:
+            raise BadRequest(f"{name!r} must not be empty (nothing empty is ever sent)")
+        return None
+    if len(value) > most:
+        raise BadRequest(f"{name!r} is {len(value)} characters; at most {most}")
+    if "\x00" in value:
+        raise BadRequest(f"{name!r} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name!r} is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+def _operator(data: dict[str, Any]) -> str:
+    return _text(data, "operator", MAX_OPERATOR) or control.API_OPERATOR
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
+        raise BadRequest(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )
+    return key
+
+
+def _done(done: control.Done, answer_status: int, **extra: Any) -> Response:
+    """Wake the phone actor for what was recorded, and answer (200 for a repeat)."""
+    if not done.duplicate:
+        current_system().notify_phone(done.phone, done.version, done.last)
+    response = jsonify({"phone": done.phone, "recorded": not done.duplicate, **extra})
+    response.status_code = 200 if done.duplicate else answer_status
+    return response
+
+
+@api.post("/conversations/<path:phone>/handoff")
+async def take_over(phone: str) -> Response:
+    refused = _refused()
+    if refused is not None:
+        return refused
+    try:
+        e164 = _phone(phone)
+        data = await _body(required=False)
+        _only(data, "reason", "operator")
+        operator = _operator(data)
+        reason = _text(data, "reason", MAX_REASON)
+        done = await control.take_over(
+            current_system().store, e164, operator, reason, datetime.now(UTC)
+        )
+    except Refused as exc:
+        return _error(exc.status, exc.reason)
+    except ValueError as exc:  # BadRequest, InvalidPhone
+        return _error(400, str(exc))
+    return _done(done, 200, control="human", operator=operator)
+
+
+@api.post("/conversations/<path:phone>/messages")
+async def operator_message(phone: str) -> Response:
+    refused = _refused()
+    if refused is not None:
+        return refused
+    try:
+        e164 = _phone(phone)
+        data = await _body(required=True)
+        _only(data, "text", "operator")
+        operator = _operator(data)
+        text = _text(data, "text", MAX_TEXT, required=True)
+        assert text is not None
+        done = await control.request_operator_message(
+            current_system().store, e164, operator, text, datetime.now(UTC), _idempotency_key()
+        )
+    except Refused as exc:
+        return _error(exc.status, exc.reason)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    return _done(done, 202, status="requested", operator=operator)
+
+
+@api.post("/conversations/<path:phone>/resume")
+async def hand_back(phone: str) -> Response:
+    refused = _refused()
+    if refused is not None:
+        return refused
+    try:
+        e164 = _phone(phone)
+        data = await _body(required=False)
+        _only(data, "reason", "operator")
+        operator = _operator(data)
+        reason = _text(data, "reason", MAX_REASON)
+        done = await control.hand_back(
+            current_system().store, e164, operator, datetime.now(UTC), reason
+        )
+    except Refused as exc:
+        return _error(exc.status, exc.reason)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    return _done(done, 200, control="bot", operator=operator)

@@ -4,7 +4,9 @@ The handler verifies ``ElevenLabs-Signature``, turns the envelope into a call ev
 ``followup.call_rules`` (the batch monitor uses the same rules), appends it to the phone's
 stream under ``call_event_id(conversation_id)``, wakes the phone actor, and answers 200. A
 second delivery of the same call (ElevenLabs retries, or the monitor came first) is a no-op
-answered like the first.
+answered like the first; one whose content differs from the call recorded under the same
+conversation id (another phone, say) is still not recorded, but is logged as a warning and
+its answer says how it differs (``differs``).
 
 Answers, and why they differ:
 
@@ -35,8 +37,9 @@ import attrs
 from quart import Blueprint, Response, request
 
 from events.calls import CallCompleted, CallFailed, call_event_id
-from events.codec import to_new_event
+from events.codec import to_data, to_new_event
 from events.conversation import phone_stream
+from events.store import EventStore
 from followup.call_rules import (
     InvalidCallData,
     NotAPhoneCall,
@@ -44,7 +47,9 @@ from followup.call_rules import (
     call_from_conversation,
     call_from_failure,
 )
-from web.context import current_system
+from followup.control import fold_conversation
+from followup.conversation import skip_reason
+from web.context import append_in_time, current_system
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +228,30 @@ def _answer(status: int, body: Mapping[str, Any]) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
+async def _difference(
+    store: EventStore, position: int, event: CallCompleted | CallFailed
+) -> str | None:
+    """How a call that was a duplicate differs from the one recorded under its id (None:
+    it does not, or the recorded one cannot be read): a second delivery of the same call
+    says the same, whichever path (webhook, batch monitor) reported it first."""
+    found = await store.read_all(after=position - 1, limit=1)
+    if not found or found[0].position != position:
+        return None
+    recorded = found[0]
+    offered = to_data(event)
+    differences = []
+    if recorded.stream != phone_stream(event.phone):
+        differences.append(
+            f"recorded for {recorded.stream.partition('-')[2]}, this one is for {event.phone}"
+        )
+    if recorded.type != type(event).__name__:
+        differences.append(f"recorded as {recorded.type}, this one is {type(event).__name__}")
+    for field in ("agent_id", "summary", "reason"):
+        if field in offered and field in recorded.data and offered[field] != recorded.data[field]:
+            differences.append(f"the {field} differs")
+    return "; ".join(differences) or None
+
+
 post_call_webhook = Blueprint("elevenlabs_webhooks", __name__)
 
 
@@ -250,17 +279,36 @@ async def post_call() -> Response:
         return _answer(200, {"status": "ignored", "reason": event.reason})
     if isinstance(event, CallFailed) and system.settings.follow_up_failed_calls:
         event = attrs.evolve(event, follow_up=True)
-    result = await system.store.append(
+    result = await append_in_time(
+        system.store,
         phone_stream(event.phone),
         [to_new_event(event, event_id=call_event_id(event.conversation_id))],
     )
+    answer: dict[str, Any] = {
+        "status": "duplicate" if result.duplicate else "recorded",
+        "event": type(event).__name__,
+        "conversation_id": event.conversation_id,
+    }
+    if result.duplicate:
+        differs = await _difference(system.store, result.position, event)
+        if differs is not None:
+            # Not silently dropped: the same conversation id with other content is a bug
+            # somewhere (a stand-in reusing ids across runs did exactly this).
+            logger.warning(
+                "post-call webhook %s for call %s repeats a call already recorded under "
+                "that id, with other content (%s): the recorded call stands, this one is "
+                "not recorded",
+                kind,
+                event.conversation_id,
+                differs,
+            )
+            answer["differs"] = differs
     if not result.duplicate and (isinstance(event, CallCompleted) or event.follow_up):
+        # Opted out (or unreachable, or with a person): the phone actor records the skip
+        # in the conversation (``FirstMessageSkipped``); the answer says it too.
+        skipped = skip_reason(await fold_conversation(system.store, event.phone))
+        if skipped is not None:
+            logger.info("post-call webhook %s for %s: %s", kind, event.phone, skipped)
+            answer["follow_up"] = skipped
         system.notify_phone(event.phone)
-    return _answer(
-        200,
-        {
-            "status": "duplicate" if result.duplicate else "recorded",
-            "event": type(event).__name__,
-            "conversation_id": event.conversation_id,
-        },
-    )
+    return _answer(200, answer)

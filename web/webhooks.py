@@ -2,9 +2,12 @@
 appends, notifies, answers.
 
 A handler's answer comes only after its event is durable (ARCHITECTURE.md, invariant 1):
-if the log cannot take it, the answer is a 503 and Twilio delivers again later. A repeated
-delivery is recognised by its derived event id and answered like the first, with nothing
-appended.
+if the log cannot take it within ``APPEND_BUDGET`` (12 s, before Twilio's 15 s), the answer
+is a 503 and nothing was acknowledged. Twilio delivers a 503 again only when the webhook
+URL asks for it with a connection override (``#rp=5xx,rt,ct``; README); by default it
+retries only a failed connection (docs/reference/twilio-whatsapp.md, section 1.4). A
+repeated delivery is recognised by its derived event id and answered like the first, with
+nothing appended.
 """
 
 from __future__ import annotations
@@ -23,9 +26,17 @@ from clients.twilio.forms import (
     parse_form,
     signature_is_valid,
 )
+from clients.twilio.recipients import recipient_error
 from events.codec import to_new_event
-from events.conversation import delivery_stream, inbound_event_id, phone_stream, status_event_id
-from web.context import current_system
+from events.conversation import (
+    RecipientUnreachable,
+    delivery_stream,
+    inbound_event_id,
+    phone_stream,
+    status_event_id,
+    unreachable_event_id,
+)
+from web.context import append_in_time, current_system
 
 webhooks = Blueprint("twilio_webhooks", __name__)
 
@@ -68,7 +79,8 @@ async def twilio_whatsapp() -> Response:
         message = message_received(form, datetime.now(UTC))
     except FormError as exc:
         return _reject(400, str(exc))
-    result = await system.store.append(
+    result = await append_in_time(
+        system.store,
         phone_stream(message.phone),
         [to_new_event(message, event_id=inbound_event_id(message.message_sid))],
     )
@@ -89,8 +101,32 @@ async def twilio_status() -> Response:
         phone, status = delivery_status(form, datetime.now(UTC))
     except FormError as exc:
         return _reject(400, str(exc))
-    await system.store.append(
+    await append_in_time(
+        system.store,
         delivery_stream(phone),
         [to_new_event(status, event_id=status_event_id(status.message_sid, status.status))],
     )
+    refusal = recipient_error(status.error_code)
+    if refusal is not None and status.status in ("failed", "undelivered"):
+        # The person cannot or will not receive: the one status the conversation itself
+        # must know of (rare, so it does not move the actor's version in the common case).
+        unreachable = RecipientUnreachable(
+            error_code=refusal.code,
+            meaning=refusal.meaning,
+            at=status.at,
+            message_sid=status.message_sid,
+            detail=status.error_message,
+        )
+        result = await append_in_time(
+            system.store,
+            phone_stream(phone),
+            [
+                to_new_event(
+                    unreachable,
+                    event_id=unreachable_event_id(refusal.code, status.message_sid),
+                )
+            ],
+        )
+        if not result.duplicate:
+            system.notify_phone(phone, result.version, unreachable)
     return Response("", status=204)

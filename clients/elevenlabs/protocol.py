@@ -52,7 +52,7 @@ NOT_FOR_TEXT_MODE = frozenset(
 #: Close reason the JS client sends when the user ends a session (§1.5 step 9).
 USER_ENDED_REASON = "User ended conversation"
 
-#: What a tool call gets in a WhatsApp relay: an error, so the agent answers in words
+#: What a tool call the relay does not handle gets: an error, so the agent answers in words
 #: instead of waiting for a result that never comes.
 TOOL_NOT_AVAILABLE = "tool not available in WhatsApp relay"
 
@@ -174,13 +174,21 @@ def user_activity_frame() -> dict[str, Any]:
     return {"type": "user_activity"}
 
 
-def tool_refusal_frame(tool_call_id: str) -> dict[str, Any]:
+def client_tool_result_frame(
+    tool_call_id: str, result: str, *, is_error: bool = False
+) -> dict[str, Any]:
+    """The answer to a ``client_tool_call`` (§1.3): all four keys are required, and
+    ``result`` is a string in the schema (the JS client stringifies objects)."""
     return {
         "type": "client_tool_result",
         "tool_call_id": tool_call_id,
-        "result": TOOL_NOT_AVAILABLE,
-        "is_error": True,
+        "result": result,
+        "is_error": is_error,
     }
+
+
+def tool_refusal_frame(tool_call_id: str) -> dict[str, Any]:
+    return client_tool_result_frame(tool_call_id, TOOL_NOT_AVAILABLE, is_error=True)
 
 
 def encode(frame: Mapping[str, Any]) -> str:
@@ -227,9 +235,13 @@ class Correction:
 
 @attrs.frozen
 class ClientToolCall:
+    """``client_tool_call``: the agent asks the client to run one of its client tools and
+    (for a tool configured to wait) to answer with ``client_tool_result``."""
+
     tool_call_id: str
     tool_name: str
     event_id: int | None
+    parameters: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -392,7 +404,13 @@ def _client_tool_call(frame: Mapping[str, Any]) -> ClientToolCall:
     tool_call_id = body["tool_call_id"]
     if not isinstance(tool_call_id, str):
         raise TypeError("tool_call_id")
-    return ClientToolCall(tool_call_id, str(body.get("tool_name") or ""), _event_id(body))
+    parameters = body.get("parameters")
+    return ClientToolCall(
+        tool_call_id,
+        str(body.get("tool_name") or ""),
+        _event_id(body),
+        dict(parameters) if isinstance(parameters, dict) else {},
+    )
 
 
 def _tool_activity(kind: Literal["request", "response"], key: str) -> _Parser:
@@ -548,9 +566,11 @@ def fold(draft: TurnDraft, frame: TurnFrame) -> TurnDraft:
     * A correction whose ``event_id`` this turn has not seen is for an earlier answer (which
       the caller may already have sent): it is counted as stale, not applied.
     * A correction without an ``event_id`` applies to the latest segment.
-    * A client tool call (which the session refuses) or a server tool request means the agent
-      will speak again after the tool, so the turn waits for a later ``agent_response``;
-      ``end_call`` is the exception: after it the agent says nothing more.
+    * A client tool call (answered or refused by the session) or a server tool request means
+      the agent will speak again after the tool, so the turn waits for a later
+      ``agent_response``; ``end_call`` is the exception: after it the agent says nothing
+      more. (How long the session waits after a tool it answered is the session's choice:
+      ``AgentSessionConfig.after_tool_wait``.)
     """
     match frame:
         case AgentResponse(text, event_id):

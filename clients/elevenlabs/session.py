@@ -14,8 +14,9 @@ Structure: ``open`` starts one host task in the owner's nursery. The host task o
 TCP stream and a private nursery for trio-websocket's reader task, so a refused handshake
 (which trio-websocket raises from its reader task) becomes an ``AgentUnavailable`` from
 ``open`` instead of an exception in the actor's nursery, and the socket is closed on every
-path. The host task answers pings, refuses tool calls and feeds turn frames to the waiting
-``ask``; it ends when the socket closes, and is cancelled with its owner.
+path. The host task answers pings, answers the client tools its owner handles (refusing
+the others) and feeds turn frames to the waiting ``ask``; it ends when the socket closes,
+and is cancelled with its owner.
 """
 
 from __future__ import annotations
@@ -80,6 +81,20 @@ class AgentSessionConfig:
     #: ``("<-", frame)`` for every parsed frame received (``aftercall agent chat`` prints
     #: them); it must not block or raise.
     frame_observer: Callable[[str, object], None] | None = attrs.field(default=None, eq=False)
+    #: Client tools this session answers, by name, with the ``result`` text to answer
+    #: (``client_tool_result``, ``is_error`` false); any other tool call is refused with an
+    #: error result. The calls answered during a turn come back in ``AgentAnswer.tool_calls``.
+    client_tools: Mapping[str, str] = attrs.field(factory=dict)
+    #: After answering a client tool, how long the turn waits for the agent's words about
+    #: it before it ends with what it has (the agent may say nothing after a hand-off).
+    after_tool_wait: float = 5.0
+    #: Called (from the session's task; it must not block or raise) with a client tool
+    #: call this session answered while no turn was waiting: an agent that speaks before
+    #: its tool call, without streaming, ends the turn with those words, and the call
+    #: comes after it (see ``protocol.fold``).
+    on_tool_call_between_turns: Callable[[proto.ClientToolCall], None] | None = attrs.field(
+        default=None, eq=False
+    )
 
 
 @attrs.frozen
@@ -92,6 +107,11 @@ class AgentAnswer:
         agent_seconds: Trio-clock seconds from ``user_message`` sent to answer complete.
         streamed_parts: How many ``agent_chat_response_part`` deltas arrived.
         corrected: An ``agent_response_correction`` replaced (part of) the text.
+        tool_calls: The client tools this session answered during the turn (those in
+            ``AgentSessionConfig.client_tools``), in order.
+        complete: The agent finished its answer. ``False`` only when it called a client
+            tool this session answered and said nothing more within ``after_tool_wait``
+            (or the session closed): ``text`` is what it said before, possibly nothing.
     """
 
     text: str
@@ -99,6 +119,8 @@ class AgentAnswer:
     agent_seconds: float
     streamed_parts: int
     corrected: bool
+    tool_calls: tuple[proto.ClientToolCall, ...] = ()
+    complete: bool = True
 
 
 @attrs.frozen
@@ -122,6 +144,7 @@ class AgentSessionStatistics:
     stale_frames: int
     late_corrections: int
     tool_calls_refused: int
+    tool_calls_answered: int
     context_updates_sent: int
     keep_alives_sent: int
     first_message: str | None
@@ -235,6 +258,10 @@ class _Turn:
     done: trio.Event = attrs.field(factory=trio.Event)
     complete: bool = False
     closed: bool = False
+    #: Client tool calls answered during the turn.
+    tool_calls: list[proto.ClientToolCall] = attrs.field(factory=list)
+    #: The wait for the answer: a tool call answered brings its deadline closer.
+    wait: trio.CancelScope | None = None
 
 
 class AgentSession:
@@ -266,6 +293,7 @@ class AgentSession:
         self._stale_frames = 0
         self._late_corrections = 0
         self._tool_calls_refused = 0
+        self._tool_calls_answered = 0
         self._context_updates_sent = 0
         self._keep_alives_sent = 0
         self._last_agent_seconds: float | None = None
@@ -395,12 +423,25 @@ class AgentSession:
                     frame.error_type,
                     frame.message,
                 )
-            case proto.ClientToolCall(tool_call_id, tool_name, _):
-                logger.info(
-                    "agent session %s: refusing client tool %r", self.conversation_id, tool_name
-                )
-                if await self._send_quietly(proto.tool_refusal_frame(tool_call_id)):
-                    self._tool_calls_refused += 1
+            case proto.ClientToolCall(tool_call_id, tool_name):
+                result = self._config.client_tools.get(tool_name)
+                if result is None:
+                    logger.info(
+                        "agent session %s: refusing client tool %r",
+                        self.conversation_id,
+                        tool_name,
+                    )
+                    if await self._send_quietly(proto.tool_refusal_frame(tool_call_id)):
+                        self._tool_calls_refused += 1
+                else:
+                    logger.info(
+                        "agent session %s: client tool %r called", self.conversation_id, tool_name
+                    )
+                    if await self._send_quietly(
+                        proto.client_tool_result_frame(tool_call_id, result)
+                    ):
+                        self._tool_calls_answered += 1
+                    self._tool_answered(frame)
                 self._fold(frame)
             case proto.Metadata():
                 # A second metadata frame: the Python SDK treats it as fatal; a relay that
@@ -412,6 +453,19 @@ class AgentSession:
                     self._untyped_frames += 1
             case _:
                 self._fold(frame)
+
+    def _tool_answered(self, call: proto.ClientToolCall) -> None:
+        """Keep a tool call answered during a turn for the answer, and wait only
+        ``after_tool_wait`` more for the agent's words about it."""
+        turn = self._turn
+        if turn is None or turn.done.is_set():
+            if self._config.on_tool_call_between_turns is not None:
+                self._config.on_tool_call_between_turns(call)
+            return
+        turn.tool_calls.append(call)
+        if turn.wait is not None:
+            soon = trio.current_time() + self._config.after_tool_wait
+            turn.wait.deadline = min(turn.wait.deadline, soon)
 
     def _fold(self, frame: proto.TurnFrame) -> None:
         turn = self._turn
@@ -513,10 +567,13 @@ class AgentSession:
             self._user_messages_sent += 1
             await self._send(proto.user_message_frame(text))
             sent_at = trio.current_time()
-            with trio.move_on_after(self._config.turn_timeout):
+            with trio.move_on_after(self._config.turn_timeout) as wait:
+                turn.wait = wait
                 await turn.done.wait()
             answer = self._conclude(turn, trio.current_time() - sent_at)
-            finished = True
+            # A turn ended on a tool call, without the agent's last word, is not finished:
+            # the session closes, so a late answer cannot be taken for the next one's.
+            finished = answer.complete
             return answer
         except AgentTurnTimeout:
             self._failed_turns += 1
@@ -540,7 +597,7 @@ class AgentSession:
             # The close came after a full agent_response (e.g. end_call): the text is final.
             turn.closed and proto.has_response(draft) and not draft.awaiting_after_tool
         )
-        if answered:
+        if answered or turn.tool_calls:
             self._turns += 1
             self._last_agent_seconds = seconds
             return AgentAnswer(
@@ -549,6 +606,8 @@ class AgentSession:
                 agent_seconds=seconds,
                 streamed_parts=draft.streamed_parts,
                 corrected=proto.is_corrected(draft),
+                tool_calls=tuple(turn.tool_calls),
+                complete=answered,
             )
         if turn.closed:
             self._raise_if_closed()
@@ -628,6 +687,7 @@ class AgentSession:
             stale_frames=self._stale_frames,
             late_corrections=self._late_corrections,
             tool_calls_refused=self._tool_calls_refused,
+            tool_calls_answered=self._tool_calls_answered,
             context_updates_sent=self._context_updates_sent,
             keep_alives_sent=self._keep_alives_sent,
             first_message=self._first_message,

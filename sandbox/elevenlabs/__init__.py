@@ -7,7 +7,7 @@ in docs/reference/elevenlabs-agents.md describes. Faults, agents, the call clock
 what each session received are reachable as methods and attributes, or over ``/_sandbox``.
 """
 
-from sandbox.elevenlabs._agents import DEFAULT_AGENT_ID, AgentConfig
+from sandbox.elevenlabs._agents import DEFAULT_AGENT_ID, AgentConfig, ClientToolScript
 from sandbox.elevenlabs._brain import Brain, SessionContext, Turn, context_brain, scripted_brain
 from sandbox.elevenlabs._calls import CallScript, CallTiming, Outcome
 from sandbox.elevenlabs._errors import RequestError
@@ -35,6 +35,7 @@ __all__ = [
     "Brain",
     "CallScript",
     "CallTiming",
+    "ClientToolScript",
     "ConversationRecord",
     "ElevenLabsStandIn",
     "Faults",

@@ -6,7 +6,8 @@ and the stand-in imports the other two: kept here, below all three, no import go
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -19,6 +20,34 @@ def _strings(value: Iterable[str]) -> frozenset[str]:
     if isinstance(value, str):
         raise TypeError("expected a collection of strings, got one string")
     return frozenset(value)
+
+
+@attrs.frozen
+class ClientToolScript:
+    """Make the agent call a client tool when a user turn contains ``when``.
+
+    What a real agent does when its LLM picks a client tool (reference §1.5 step 7): it may
+    speak first (``say_before``), sends ``client_tool_call`` with a fresh ``tool_call_id``,
+    waits up to ``response_timeout_seconds`` for the client's ``client_tool_result`` when
+    the tool is configured to wait (``expects_response``), then may speak again
+    (``say_after``; ``{result}`` is replaced with the client's result). The brain is not
+    asked: the script is the whole turn.
+
+    Attributes:
+        when: Matched against the user's text, ignoring case.
+        parameters: The call's ``parameters`` object.
+    """
+
+    when: str
+    tool_name: str
+    parameters: Mapping[str, Any] = attrs.field(factory=dict)
+    say_before: str = ""
+    say_after: str = ""
+    expects_response: bool = True
+    response_timeout_seconds: float = 10.0
+
+    def matches(self, text: str) -> bool:
+        return self.when.casefold() in text.casefold()
 
 
 @attrs.frozen
@@ -47,6 +76,8 @@ class AgentConfig:
             ``get-signed-url``.
         text_only: The agent's own ``conversation.text_only``, used when the client sends
             no override.
+        client_tools: Client tool calls the agent makes on given user texts (the first
+            script that matches a turn runs it).
     """
 
     agent_id: str
@@ -62,6 +93,10 @@ class AgentConfig:
     stream_text_parts: bool = False
     requires_auth: bool = False
     text_only: bool = False
+    client_tools: tuple[ClientToolScript, ...] = ()
+
+    def tool_script_for(self, text: str) -> ClientToolScript | None:
+        return next((script for script in self.client_tools if script.matches(text)), None)
 
     @property
     def display_name(self) -> str:

@@ -316,6 +316,21 @@ def agent_response_correction_event(original: str, corrected: str, event_id: int
     }
 
 
+def client_tool_call_event(
+    tool_name: str, tool_call_id: str, parameters: Mapping[str, Any], event_id: int
+) -> dict[str, Any]:
+    """``client_tool_call`` with the AsyncAPI's four required keys (§1.4)."""
+    return {
+        "type": "client_tool_call",
+        "client_tool_call": {
+            "tool_name": tool_name,
+            "tool_call_id": tool_call_id,
+            "parameters": dict(parameters),
+            "event_id": event_id,
+        },
+    }
+
+
 def error_event(error_type: str, message: str, code: int | None = None) -> dict[str, Any]:
     """An ``error`` event; ``code`` defaults to the one the error table gives the type."""
     return {

@@ -34,7 +34,7 @@ import trio
 from quart.wrappers import Websocket
 
 import sandbox.elevenlabs._protocol as proto
-from sandbox.elevenlabs._agents import AgentConfig
+from sandbox.elevenlabs._agents import AgentConfig, ClientToolScript
 from sandbox.elevenlabs._brain import SessionContext, Turn, ask_brain
 from sandbox.elevenlabs._faults import Faults
 from sandbox.elevenlabs._records import ConversationRecord, TranscriptEntry
@@ -76,6 +76,11 @@ class LiveSession:
     close_code: int | None = None
     close_reason: str | None = None
     brain_error: str | None = None
+    #: ``client_tool_call`` bodies sent, in order, and the ``client_tool_result`` frames
+    #: that answered them, by ``tool_call_id``.
+    tool_calls: list[dict[str, Any]] = attrs.field(factory=list)
+    tool_results: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    _tool_answered: dict[str, trio.Event] = attrs.field(factory=dict)
     _websocket: Websocket | None = None
     _send_lock: trio.Lock = attrs.field(factory=trio.Lock)
     _cancel_scope: trio.CancelScope | None = None
@@ -168,6 +173,31 @@ class LiveSession:
     def seconds_in_call(self) -> int:
         return int(trio.current_time() - self.started_at)
 
+    async def call_client_tool(self, script: ClientToolScript) -> None:
+        """One tool turn as a real agent plays it: words, the call, the wait, words."""
+        if script.say_before:
+            await self.send_agent_text(script.say_before, stream=False)
+        tool_call_id = f"toolu_{self.conversation_id[-8:]}_{len(self.tool_calls) + 1}"
+        event = proto.client_tool_call_event(
+            script.tool_name, tool_call_id, script.parameters, self.next_event_id()
+        )
+        answered = self._tool_answered.setdefault(tool_call_id, trio.Event())
+        if not await self.send(event):
+            return
+        self.tool_calls.append(dict(event["client_tool_call"]))
+        result = ""
+        if script.expects_response:
+            with trio.move_on_after(script.response_timeout_seconds):
+                await answered.wait()
+            result = str(self.tool_results.get(tool_call_id, {}).get("result", ""))
+        if script.say_after:
+            await self.send_agent_text(script.say_after.replace("{result}", result), stream=False)
+
+    def tool_result_arrived(self, body: Any) -> None:
+        tool_call_id = str(body.get("tool_call_id"))
+        self.tool_results[tool_call_id] = dict(body)
+        self._tool_answered.setdefault(tool_call_id, trio.Event()).set()
+
 
 def _dumps(event: dict[str, Any]) -> str:
     return json.dumps(event)
@@ -180,6 +210,9 @@ class SessionSettings:
     ping_interval_seconds: float
     init_wait_seconds: float
     faults_for: Callable[[LiveSession], Faults]
+    #: The agent's configuration now (a test may change it while a session is live);
+    #: ``None``: the one the session started with.
+    agent_for: Callable[[str], AgentConfig] | None = None
 
 
 async def run_session(
@@ -327,8 +360,10 @@ async def _dispatch(
         )
     elif message.type == "user_activity":
         session.user_activity_count += 1
-    # conversation_initiation_client_data after the start, feedback, tool results, MCP
-    # approvals and user audio are recorded (in ``received``) and have no further effect.
+    elif message.type == "client_tool_result":
+        session.tool_result_arrived(body)
+    # conversation_initiation_client_data after the start, feedback, MCP approvals and
+    # user audio are recorded (in ``received``) and have no further effect.
 
 
 async def _turn_worker(
@@ -354,6 +389,11 @@ async def _turn_worker(
             await session.close(faults.close_mid_turn, "Connection closed mid-turn (sandbox fault)")
             return
         if faults.no_answer:
+            continue
+        current = settings.agent_for(session.agent_id) if settings.agent_for else agent
+        script = current.tool_script_for(text)
+        if script is not None:
+            await session.call_client_tool(script)
             continue
         if faults.empty_answer:
             answer = ""

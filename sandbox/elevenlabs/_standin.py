@@ -31,7 +31,12 @@ from quart_trio import QuartTrio
 
 import sandbox.elevenlabs._protocol as proto
 from sandbox._standin_server import serve_standin
-from sandbox.elevenlabs._agents import DEFAULT_AGENT_ID, AgentConfig, default_agents
+from sandbox.elevenlabs._agents import (
+    DEFAULT_AGENT_ID,
+    AgentConfig,
+    ClientToolScript,
+    default_agents,
+)
 from sandbox.elevenlabs._brain import SessionContext, Turn, ask_brain, context_brain
 from sandbox.elevenlabs._calls import (
     DEFAULT_SCRIPT,
@@ -137,7 +142,10 @@ class ElevenLabsStandIn:
     signed_url_ttl_seconds: float = 900.0
     epoch_unix: float = attrs.field(factory=lambda: float(int(time.time())))
     wall_clock: Callable[[], float] = time.time
-    seed: int = 0
+    #: Seeds the ids the stand-in makes (conversations, batches, call SIDs). None: a
+    #: different sequence every run, as real ids are; a test that wants the same ids
+    #: every run fixes it.
+    seed: int | None = None
 
     sessions: dict[str, LiveSession] = attrs.field(init=False, factory=dict)
     conversations: dict[str, ConversationRecord] = attrs.field(init=False, factory=dict)
@@ -167,6 +175,14 @@ class ElevenLabsStandIn:
     def add_agent(self, agent: AgentConfig) -> AgentConfig:
         self.agents[agent.agent_id] = agent
         return agent
+
+    def call_client_tool_on(
+        self, script: ClientToolScript, *, agent_id: str = DEFAULT_AGENT_ID
+    ) -> AgentConfig:
+        """Make an agent call a client tool on user texts that contain ``script.when``
+        (from the next turn on, in live sessions too)."""
+        agent = self.agent(agent_id)
+        return self.add_agent(attrs.evolve(agent, client_tools=(*agent.client_tools, script)))
 
     def set_faults(
         self, faults: Faults, *, agent_id: str | None = None, conversation_id: str | None = None
@@ -339,7 +355,10 @@ class ElevenLabsStandIn:
         )
         self.sessions[conversation_id] = session
         settings = SessionSettings(
-            self.ping_interval_seconds, self.init_wait_seconds, self.faults_for_session
+            self.ping_interval_seconds,
+            self.init_wait_seconds,
+            self.faults_for_session,
+            lambda agent_id: self.agents.get(agent_id, agent),
         )
         try:
             await run_session(websocket, session, agent, settings)

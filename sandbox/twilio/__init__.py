@@ -40,6 +40,7 @@ from sandbox.twilio._values import (
     DeliveryDelays,
     Media,
     MessageRecord,
+    RecipientRefusal,
     StoredMedia,
     Template,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "MessageRecord",
     "NoWebhookUrl",
     "NotServing",
+    "RecipientRefusal",
     "SandboxClock",
     "StoredMedia",
     "Template",

@@ -14,7 +14,14 @@ from typing import Protocol
 from sandbox.twilio._clock import SandboxClock
 from sandbox.twilio._faults import Fault, FaultPlan
 from sandbox.twilio._protocol import CreateRequest
-from sandbox.twilio._values import Delivery, Media, MessageRecord, StoredMedia, Template
+from sandbox.twilio._values import (
+    ApiError,
+    Delivery,
+    Media,
+    MessageRecord,
+    StoredMedia,
+    Template,
+)
 
 
 class ServedStandIn(Protocol):
@@ -45,6 +52,7 @@ class ServedStandIn(Protocol):
     def deliveries(self) -> Sequence[Delivery]: ...
 
     def create_message(self, request: CreateRequest) -> MessageRecord: ...
+    def refusal_now(self, to: str) -> ApiError | None: ...
 
     async def user_says(
         self,

@@ -93,6 +93,9 @@ def build_app(standin: ServedStandIn) -> Router:
         checked = check_create(fields, senders=[standin.whatsapp_from], templates=standin.templates)
         if isinstance(checked, ApiError):
             return _error(checked)
+        refused = standin.refusal_now(checked.to)
+        if refused is not None:
+            return _error(refused)
         return _json(message_json(standin.create_message(checked)), 201)
 
     @app.route("GET", f"{_ACCOUNT}/Messages.json")

@@ -47,13 +47,16 @@ from sandbox.twilio._protocol import (
 )
 from sandbox.twilio._server import build_app
 from sandbox.twilio._values import (
+    RECIPIENT_ERROR_MESSAGES,
     SANDBOX_ACCOUNT_SID,
     SANDBOX_AUTH_TOKEN,
     SANDBOX_WHATSAPP_FROM,
+    ApiError,
     Delivery,
     DeliveryDelays,
     Media,
     MessageRecord,
+    RecipientRefusal,
     StoredMedia,
     Template,
 )
@@ -132,6 +135,8 @@ class TwilioStandIn:
     deliveries: list[Delivery] = attrs.Factory(list)
     channel_install_sid: str = attrs.Factory(lambda: new_sid("XE"))
     last_inbound: dict[str, float] = attrs.Factory(dict)
+    #: Recipients whose messages fail, by E.164 (``refuse_recipient``).
+    recipient_refusals: dict[str, RecipientRefusal] = attrs.Factory(dict)
     base_url: str | None = attrs.field(default=None, init=False)
     #: Outbound sids by recipient address, in creation order (``received`` without a scan).
     _outbound: dict[str, list[str]] = attrs.field(factory=dict, init=False, repr=False)
@@ -161,6 +166,30 @@ class TwilioStandIn:
 
     def clear_faults(self) -> None:
         self.faults.clear()
+
+    def refuse_recipient(self, phone: str, code: int, *, sync: bool | None = None) -> None:
+        """Make every message to ``phone`` fail with a recipient error (21610 unsubscribed,
+        63014 blocked, 63024 invalid recipient, 63003 address not found), until
+        ``accept_recipient``. ``sync`` (default: only for 21610) refuses the create with a
+        400; otherwise the create is accepted and the message fails after it, as its
+        status callback says."""
+        message = RECIPIENT_ERROR_MESSAGES.get(code)
+        if message is None:
+            known = ", ".join(str(c) for c in sorted(RECIPIENT_ERROR_MESSAGES))
+            raise ValueError(f"{code} is not a recipient error the stand-in knows ({known})")
+        self.recipient_refusals[e164(phone)] = RecipientRefusal(
+            code, message, code == 21610 if sync is None else sync
+        )
+
+    def accept_recipient(self, phone: str) -> None:
+        self.recipient_refusals.pop(e164(phone), None)
+
+    def refusal_now(self, to: str) -> ApiError | None:
+        """The 400 a create to ``to`` gets from a synchronous recipient refusal, if any."""
+        refusal = self.recipient_refusals.get(e164(to))
+        if refusal is None or not refusal.sync:
+            return None
+        return ApiError(status=400, code=refusal.code, message=refusal.message)
 
     def advance(self, seconds: float) -> None:
         """Move the stand-in's clock (window and dates) forward without waiting."""
@@ -271,7 +300,8 @@ class TwilioStandIn:
         )
         self._add_outbound(record)
         closed = request.is_free_form and not self.window_open(request.to)
-        nursery.start_soon(self._live, record.sid, closed)
+        refusal = self.recipient_refusals.get(e164(request.to))
+        nursery.start_soon(self._live, record.sid, closed, refusal)
         return record
 
     async def wait_received(self, phone: str, count: int = 1) -> list[MessageRecord]:
@@ -310,7 +340,7 @@ class TwilioStandIn:
                 status_callback=reply.status_callback,
             )
             self._add_outbound(record)
-            nursery.start_soon(self._live, record.sid, False)
+            nursery.start_soon(self._live, record.sid, False, None)
 
     def _media_url(self, item: StoredMedia) -> str:
         path = f"{messages_path(self.account_sid)}/{item.message_sid}/Media/{item.sid}"
@@ -323,11 +353,16 @@ class TwilioStandIn:
 
     # ------------------------------------------------------------------ message life
 
-    async def _live(self, sid: str, window_closed: bool) -> None:
+    async def _live(
+        self, sid: str, window_closed: bool, refusal: RecipientRefusal | None = None
+    ) -> None:
         """Walk one outbound message through its statuses, posting a callback for each."""
         if self.messages[sid].status == "accepted":
             await self._become(sid, "queued")
         await trio.sleep(self.delays.sent)
+        if refusal is not None:
+            await self._become(sid, "failed", error=(refusal.code, refusal.message))
+            return
         if window_closed:
             await self._become(
                 sid, self.window_failure_status, error=(63016, WINDOW_CLOSED_MESSAGE)

@@ -103,6 +103,27 @@ class Delivery:
     debugger_code: int | None = None
 
 
+#: Twilio's titles for the errors that mean a recipient cannot, or will not, receive
+#: (docs/reference/twilio-whatsapp.md §3.4).
+RECIPIENT_ERROR_MESSAGES: dict[int, str] = {
+    21610: "Attempt to send to unsubscribed recipient",
+    63003: "Channel could not find To address",
+    63014: "Channel message blocked by user action",
+    63024: "Invalid message recipient",
+}
+
+
+@attrs.frozen
+class RecipientRefusal:
+    """How messages to one recipient fail: ``sync`` answers the create with a 400 (what
+    Twilio does for 21610); otherwise the create is accepted and the message fails after,
+    reported by its status callback (the WhatsApp 63xxx codes)."""
+
+    code: int
+    message: str
+    sync: bool
+
+
 @attrs.frozen
 class ApiError:
     """A REST error in Twilio's legacy JSON shape (reference §3.3)."""

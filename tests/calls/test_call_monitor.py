@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from events.batches import batch_stream, monitor_stream
+from events.codec import to_new_event
+from events.conversation import MessageReceived, OptedOut, phone_stream
 from events.store import EventStore, RecordedEvent
 from followup.call_monitor import MonitorStatus
 from sandbox.elevenlabs import CallScript, ElevenLabsStandIn, Faults
@@ -238,3 +241,29 @@ async def test_two_hundred_recipients_completing_over_time_get_one_follow_up_eac
     )
     assert len(sent) == len(numbers)
     assert set(sent.values()) == {1}
+
+
+async def test_a_batch_call_to_someone_who_opted_out_sends_nothing(store: EventStore) -> None:
+    """The batch monitor records the call, says "skipped: opted out" in the batch's record,
+    and the phone actor records the skip instead of a first message."""
+    el = ElevenLabsStandIn()
+    [number, other] = phones(2, "+1555320")
+    opted_out = [
+        MessageReceived("SMstop", number, "Stop", datetime.now(UTC)),
+        OptedOut("SMstop", "stop", datetime.now(UTC)),
+    ]
+    await store.append(phone_stream(number), [to_new_event(e) for e in opted_out])
+    async with monitored(store, el) as ac:
+        batch_id = submit(el, [number, other])
+        await el.advance(120)
+        await ac.wait_for(of_type("BatchFinished"))
+        [skipped] = await ac.wait_for(of_type("FirstMessageSkipped", number))
+        await ac.wait_for(first_messages)
+        settled = {
+            r.data["phone"]: r.data["detail"]
+            async for r in _records(store, batch_stream(batch_id), "RecipientSettled")
+        }
+    assert skipped.data["reason"] == "skipped: opted out"
+    assert settled == {number: "skipped: opted out", other: None}
+    assert ac.twilio.received(number) == []
+    assert len(ac.twilio.received(other)) == 1

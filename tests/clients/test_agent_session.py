@@ -35,6 +35,7 @@ from clients.elevenlabs.session import (
 from sandbox.elevenlabs import (
     DEFAULT_AGENT_ID,
     AgentConfig,
+    ClientToolScript,
     ElevenLabsStandIn,
     Faults,
     LiveSession,
@@ -755,3 +756,82 @@ async def test_no_metadata_in_time_is_unavailable(autojump_clock: trio.testing.M
             config = AgentSessionConfig(base_url, "agent_x", None, PHONE, {}, connect_timeout=5)
             with pytest.raises(AgentUnavailable, match="did not open within 5 s"):
                 await AgentSession.open(nursery, http, config)
+
+
+# --- client tools this session answers -------------------------------------------------------
+
+
+async def test_a_client_tool_the_session_handles_is_answered_and_reported(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    standin = with_agent(
+        client_tools=(
+            ClientToolScript(
+                "a person", "handoff_to_human", {"reason": "wants a person"}, say_after="Sure."
+            ),
+        )
+    )
+    with trio.fail_after(30):
+        async with world(standin) as w:
+            session = await w.open(first_message_wait=0, client_tools={"handoff_to_human": "ok"})
+            answer = await session.ask("let me talk to a person")
+            live = w.live(session)
+            [call] = live.tool_calls
+            assert answer.text == "Sure."
+            assert answer.complete
+            assert [
+                (c.tool_name, c.tool_call_id, dict(c.parameters)) for c in answer.tool_calls
+            ] == [("handoff_to_human", call["tool_call_id"], {"reason": "wants a person"})]
+            assert live.tool_results[call["tool_call_id"]] == {
+                "type": "client_tool_result",
+                "tool_call_id": call["tool_call_id"],
+                "result": "ok",
+                "is_error": False,
+            }
+            assert session.statistics().tool_calls_answered == 1
+            assert not session.closed  # a finished turn keeps the session
+            await session.aclose()
+
+
+async def test_after_a_tool_call_and_no_words_the_turn_ends_and_the_session_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    standin = with_agent(client_tools=(ClientToolScript("manager", "handoff_to_human"),))
+    with trio.fail_after(30):
+        async with world(standin) as w:
+            session = await w.open(
+                first_message_wait=0,
+                client_tools={"handoff_to_human": "ok"},
+                after_tool_wait=3,
+                turn_timeout=30,
+            )
+            started = trio.current_time()
+            answer = await session.ask("your manager, now")
+            assert trio.current_time() - started == pytest.approx(3, abs=0.5)
+            assert (answer.text, answer.complete, len(answer.tool_calls)) == ("", False, 1)
+            # A late answer must never be taken for the next question's.
+            assert session.closed
+
+
+async def test_a_tool_call_after_the_turn_ended_is_handed_to_the_owner(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    standin = with_agent(
+        client_tools=(ClientToolScript("a person", "handoff_to_human", say_before="One moment."),)
+    )
+    late: list[str] = []
+    with trio.fail_after(30):
+        async with world(standin) as w:
+            session = await w.open(
+                first_message_wait=0,
+                client_tools={"handoff_to_human": "ok"},
+                on_tool_call_between_turns=lambda call: late.append(call.tool_name),
+            )
+            answer = await session.ask("a person please")
+            # Unstreamed words end the turn: the tool call comes after it.
+            assert (answer.text, answer.tool_calls) == ("One moment.", ())
+            await trio.testing.wait_all_tasks_blocked()
+            assert late == ["handoff_to_human"]
+            [call] = w.live(session).tool_calls
+            assert w.live(session).tool_results[call["tool_call_id"]]["is_error"] is False
+            await session.aclose()

@@ -10,6 +10,7 @@ import trio
 
 from aftercall.cli import main
 from events.sqlite import open_sqlite_store
+from projections.runner import ALL_PROJECTIONS
 from tests.projections.workload import append_all, interleaved, phone_number
 
 
@@ -52,11 +53,7 @@ def test_history_conversations_and_metrics_catch_up_then_answer(
 
     assert main(["projections", "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert {s["name"]: s["state"] for s in status} == {
-        "history": "live",
-        "conversations": "live",
-        "metrics": "live",
-    }
+    assert {s["name"]: s["state"] for s in status} == {p.name: "live" for p in ALL_PROJECTIONS}
 
 
 def test_rebuild_and_status(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -322,3 +322,30 @@ async def test_answer_delayed_creates_the_message_before_answering() -> None:
                     [message] = await tw.wait_received("+15550001111")
                     assert message.body == "hi"
                     nursery.cancel_scope.cancel()  # the client gives up on the answer
+
+
+async def test_a_refused_recipient_fails_on_create_or_after_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(10):
+        async with serve_twilio() as twilio, api(twilio) as client:
+            twilio.refuse_recipient(USER, 21610)  # a 400 on create, as Twilio answers it
+            twilio.refuse_recipient(OTHER, 63024)  # accepted, then failed
+            refused = await client.post("/Messages.json", data=send_form(twilio))
+            accepted = await client.post("/Messages.json", data=send_form(twilio, OTHER))
+            await trio.sleep(1)  # the stand-in's delays pass on the autojump clock
+            [failed] = twilio.received(OTHER)
+            twilio.accept_recipient(USER)
+            again = await client.post("/Messages.json", data=send_form(twilio))
+            with pytest.raises(ValueError, match="not a recipient error"):
+                twilio.refuse_recipient(USER, 63016)
+    assert refused.status_code == 400
+    assert refused.json()["code"] == 21610
+    assert refused.json()["message"] == "Attempt to send to unsubscribed recipient"
+    assert twilio.received(USER)[0].sid == again.json()["sid"]  # nothing made by the 400
+    assert accepted.status_code == 201
+    assert (failed.status, failed.error_code, failed.error_message) == (
+        "failed",
+        63024,
+        "Invalid message recipient",
+    )
