@@ -1,10 +1,10 @@
 """The ``aftercall`` command: one entry point, one subcommand per area.
 
 Each area's subcommands are in a module of their own beside this one (``serve``,
-``calls_cli``, ``events_cli``, ``projections_cli``, ``sandbox_cli``), each with
-``register(subparsers)``; a newcomer finds a command by its area's name. Errors that a
-user can fix are printed as one line naming the problem, with exit status 2; no traceback
-reaches the user.
+``calls_cli``, ``events_cli``, ``projections_cli``, ``optouts_cli``, ``operators_cli``,
+``sandbox_cli``), each with ``register(subparsers)``; a newcomer finds a command by its
+area's name. Errors that a user can fix are printed as one line naming the problem, with
+exit status 2; no traceback reaches the user.
 """
 
 from __future__ import annotations
@@ -13,11 +13,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from aftercall import calls_cli, events_cli, projections_cli, sandbox_cli, serve
+from aftercall import (
+    calls_cli,
+    events_cli,
+    operators_cli,
+    optouts_cli,
+    projections_cli,
+    sandbox_cli,
+    serve,
+)
 from aftercall.commands import CommandError, Handler
 
 #: The areas, in the order ``aftercall --help`` lists their commands.
-COMMAND_MODULES = (serve, calls_cli, events_cli, projections_cli, sandbox_cli)
+COMMAND_MODULES = (
+    serve,
+    calls_cli,
+    events_cli,
+    projections_cli,
+    optouts_cli,
+    operators_cli,
+    sandbox_cli,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

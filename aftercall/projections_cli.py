@@ -1,8 +1,12 @@
 """``aftercall projections|history|conversations|metrics``: the read side from a terminal.
 
-- ``projections status``: each projection's checkpoint against the log, and its lag.
+- ``projections status``: each projection's checkpoint against the log, its lag, and the
+  events it parked (could not apply, and went on without: ``projections.parking``).
 - ``projections rebuild [NAME ...]``: rebuild from position 0 aside, then swap, while the
   service keeps serving (and following) the live tables.
+- ``projections retry [NAME ...]``: apply the parked events again, in the order of the
+  log, once their cause is fixed: those that apply are unparked, the others are listed
+  with their error (exit status 1 while any is still parked).
 - ``history PHONE``, ``conversations [--active]``, ``metrics``: readable tables, or JSON
   with ``--json``. They first project whatever the log holds that the read models do not
   (safe while the service runs: every page is claimed by exactly one writer), so they
@@ -18,29 +22,37 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
+
 from aftercall.commands import CommandError, run_async
 from aftercall.storage import open_read_models, open_store, store_location
 from events.phones import InvalidPhone, identity_phone
 from events.store import EventStore, EventStoreError
 from projections import queries
+from projections.parking import ParkedEvent
 from projections.readmodels import ReadModels
 from projections.runner import (
     ALL_PROJECTIONS,
     ProjectionRunner,
+    ProjectionStatus,
     UnknownProjection,
     projection_status,
     rebuild,
+    retry_parked,
     select,
 )
 
-Command = Callable[[EventStore, ReadModels, argparse.Namespace], Awaitable[None]]
+#: A command's work; what it returns (if anything) is the exit status.
+Command = Callable[[EventStore, ReadModels, argparse.Namespace], Awaitable[int | None]]
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("projections", help="read models: status and rebuilds")
+    parser = subparsers.add_parser(
+        "projections", help="read models: status, rebuilds, parked events"
+    )
     commands = parser.add_subparsers(dest="projections_command", metavar="ACTION")
     commands.required = True
-    status = commands.add_parser("status", help="each projection's position and lag")
+    status = commands.add_parser("status", help="each projection's position, lag and parked events")
     _add_json(status)
     status.set_defaults(handler=lambda args: _run(_status, args))
     names = ", ".join(p.name for p in ALL_PROJECTIONS)
@@ -49,6 +61,11 @@ def register(subparsers: Any) -> None:
     )
     again.add_argument("names", nargs="*", metavar="NAME", help=f"default: all ({names})")
     again.set_defaults(handler=lambda args: _run(_rebuild, args))
+    retry = commands.add_parser(
+        "retry", help="apply the events a projection parked again (once their cause is fixed)"
+    )
+    retry.add_argument("names", nargs="*", metavar="NAME", help=f"default: all ({names})")
+    retry.set_defaults(handler=lambda args: _run(_retry, args))
 
     history = subparsers.add_parser("history", help="every WhatsApp message with one phone")
     history.add_argument("phone", help="E.164, e.g. +15551234567")
@@ -62,6 +79,11 @@ def register(subparsers: Any) -> None:
     )
     listing.add_argument(
         "--state", action="append", default=[], help="only this state (repeatable)"
+    )
+    listing.add_argument(
+        "--waiting",
+        action="store_true",
+        help="only those waiting for a person at the business (waiting_for_human)",
     )
     listing.add_argument("--limit", type=int, default=100, help="at most N (100)")
     _add_json(listing)
@@ -78,15 +100,17 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 def _run(command: Command, args: argparse.Namespace, *, catch_up: bool = False) -> int:
     location = store_location()
+    status = 0
 
     async def main() -> None:
+        nonlocal status
         async with (
             open_store(location.database_url, location.sqlite_path) as store,
             open_read_models(store) as models,
         ):
             if catch_up:
                 await ProjectionRunner(store, models).catch_up()
-            await command(store, models, args)
+            status = await command(store, models, args) or 0
 
     try:
         run_async(main)
@@ -94,13 +118,13 @@ def _run(command: Command, args: argparse.Namespace, *, catch_up: bool = False) 
         raise CommandError(f"{exc} (event log: {location.describe()})") from exc
     except BrokenPipeError:  # `aftercall history ... | head`
         sys.stderr.close()
-    return 0
+    return status
 
 
 async def _status(store: EventStore, models: ReadModels, args: argparse.Namespace) -> None:
     found = await projection_status(store, models)
     if args.json:
-        print(json.dumps([queries.jsonable(_fields(s)) for s in found], indent=2))
+        print(json.dumps([_status_json(s) for s in found], indent=2, ensure_ascii=False))
         return
     rows = [
         {
@@ -110,12 +134,66 @@ async def _status(store: EventStore, models: ReadModels, args: argparse.Namespac
             "head": s.head,
             "behind": s.behind,
             "lag": "-" if s.lag_seconds is None else f"{s.lag_seconds:.1f} s",
+            "parked": len(s.parked),
             "rebuilding": "-" if s.rebuild_position is None else f"at {s.rebuild_position}",
             "updated": s.updated_at,
         }
         for s in found
     ]
     print(table(rows))
+    parked = [event for s in found for event in s.parked]
+    if parked:
+        print(
+            "\nparked events (could not be applied; each projection went on without them);"
+            " after a fix, `aftercall projections retry` applies them again:"
+        )
+        print(table([_parked_row(event) for event in parked]))
+
+
+def _status_json(status: ProjectionStatus) -> dict[str, Any]:
+    fields = queries.jsonable(attrs.asdict(status, recurse=False))
+    fields["parked"] = [queries.jsonable(attrs.asdict(e)) for e in status.parked]
+    return fields
+
+
+def _parked_row(event: ParkedEvent) -> dict[str, Any]:
+    return {
+        "projection": event.projection,
+        "position": event.position,
+        "type": event.type,
+        "stream": event.stream,
+        "event id": event.event_id,
+        "tries": event.attempts,
+        "parked": event.parked_at,
+        "error": _short(event.error, 80),
+    }
+
+
+async def _retry(store: EventStore, models: ReadModels, args: argparse.Namespace) -> int:
+    projections = select(args.names)
+    outcomes = await retry_parked(store, models, projections)
+    if not outcomes:
+        print(f"nothing is parked in {', '.join(p.name for p in projections)}")
+        return 0
+    for outcome in outcomes:
+        event = outcome.event
+        what = f"{event.projection}: event {event.position} ({event.type} in {event.stream})"
+        if outcome.result == "applied":
+            print(f"{what} applies now: unparked")
+        elif outcome.result == "gone":
+            print(f"{what} was no longer parked (retried by another process)")
+        else:
+            print(f"{what} is still parked: {_short(event.error, 200)}")
+    still = sum(1 for o in outcomes if o.result == "parked")
+    print(f"{len(outcomes) - still} of {len(outcomes)} parked events unparked")
+    if still:
+        print(
+            f"aftercall: {still} still parked; fix what the error says, then run"
+            " `aftercall projections retry` again (`aftercall projections status` lists them)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 async def _rebuild(store: EventStore, models: ReadModels, args: argparse.Namespace) -> None:
@@ -137,6 +215,11 @@ async def _rebuild(store: EventStore, models: ReadModels, args: argparse.Namespa
         f" {report.seconds:.1f} s ({report.events_per_second:,.0f} events/s), swapped in at"
         f" position {report.position}"
     )
+    if report.parked:
+        print(
+            f"{report.parked} events could not be applied and are parked:"
+            " `aftercall projections status` lists them"
+        )
 
 
 async def _history(_store: EventStore, models: ReadModels, args: argparse.Namespace) -> None:
@@ -167,6 +250,8 @@ async def _history(_store: EventStore, models: ReadModels, args: argparse.Namesp
 
 async def _conversations(_store: EventStore, models: ReadModels, args: argparse.Namespace) -> None:
     states = list(args.state) or (list(queries.ACTIVE_STATES) if args.active else [])
+    if args.waiting:
+        states += queries.WAITING_STATES
     rows = await queries.conversations(models, states=states, limit=args.limit)
     if args.json:
         print(json.dumps([queries.jsonable(r) for r in rows], indent=2, ensure_ascii=False))
@@ -179,7 +264,9 @@ async def _conversations(_store: EventStore, models: ReadModels, args: argparse.
             [
                 {
                     "phone": r["phone"],
-                    "state": r["state"],
+                    "state": f"{r['state']} ({r['control_by']})"
+                    if r["state"] in ("with_human", "waiting_for_human") and r["control_by"]
+                    else r["state"],
                     "in": r["messages_in"],
                     "out": r["messages_out"],
                     "last inbound": r["last_inbound_at"],
@@ -291,9 +378,3 @@ def _phone(raw: str) -> str:
         return identity_phone(raw)
     except InvalidPhone as exc:
         raise CommandError(str(exc)) from exc
-
-
-def _fields(value: Any) -> dict[str, Any]:
-    import attrs
-
-    return attrs.asdict(value)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -23,14 +24,18 @@ from hypercorn.trio import serve as serve_hypercorn
 
 from aftercall.commands import CommandError, run_async
 from aftercall.settings import SettingsError
-from aftercall.system import System, run_system
+from aftercall.system import System, open_system, run_system
 from events.calls import CallCompleted, TranscriptLine, call_event_id
 from events.codec import to_new_event
 from events.conversation import phone_stream
+from events.store import EventStore
 from sandbox.environment import free_port
+from web.console.accounts import OperatorAccounts
 from web.factory import TrioOnly, create_app
 from web.serving import serve_asgi
 
+#: The operator ``serve --sandbox`` signs in with (its password is new every start).
+SANDBOX_OPERATOR = "sandbox"
 DEMO_PHONE = "+15551234567"
 DEMO_SUMMARY = (
     "Ana called about her October invoice: she was charged twice. "
@@ -62,9 +67,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.sandbox:
         os.environ["AFTERCALL_SANDBOX"] = "1"
         os.environ.setdefault("PUBLIC_BASE_URL", f"http://{args.bind}")
-    # The same app as ``hypercorn -k trio web.app:app`` (web/app.py), with the worker chosen.
+    # The same app as ``hypercorn -k trio web.app:app`` (web/app.py), with the worker chosen;
+    # in the sandbox, the same system, announced with where to look and how to sign in.
+    system_factory = partial(run_sandbox_system, say=_say) if args.sandbox else run_system
     app = TrioOnly(
-        create_app(run_system, quiet_errors=(SettingsError,), freeze_heap=True),
+        create_app(system_factory, quiet_errors=(SettingsError,), freeze_heap=True),
         exit_on_failure=True,
     )
     config = Config()
@@ -75,6 +82,53 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise CommandError(str(exc)) from exc
     return 0
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run_sandbox_system(
+    stop: trio.Event,
+    environ: Mapping[str, str] | None = None,
+    *,
+    say: Callable[[str], None],
+    store: EventStore | None = None,
+    task_status: trio.TaskStatus[System] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``run_system`` in sandbox mode, saying where everything is: the console and the
+    sandbox operator's sign-in, the phone panel, the stand-ins, the log."""
+    async with open_system(environ, store=store) as system:
+        password = await sandbox_operator(system.operators)
+        say(sandbox_banner(system, password))
+        task_status.started(system)
+        await stop.wait()
+
+
+async def sandbox_operator(accounts: OperatorAccounts) -> str:
+    """Give the sandbox's operator a new random password (adding it the first time) and
+    return it. Printed once, on this terminal: it is a sandbox's, guarding stand-ins."""
+    password = secrets.token_urlsafe(12)
+    if await accounts.exists(SANDBOX_OPERATOR):
+        await accounts.set_password(SANDBOX_OPERATOR, password, by="sandbox")
+    else:
+        await accounts.add(SANDBOX_OPERATOR, password, by="sandbox")
+    return password
+
+
+def sandbox_banner(system: System, password: str) -> str:
+    url = system.settings.public_base_url
+    return "\n".join(
+        [
+            f"aftercall is running in the sandbox at {url}",
+            f"  console:    {url}/console",
+            f"  sign in as: {SANDBOX_OPERATOR} / {password}   (a new password every start)",
+            f"  phone:      {url}/console/sandbox   (end a call, then write as the customer)",
+            f"  ElevenLabs stand-in: {system.settings.elevenlabs_base_url}",
+            f"  Twilio stand-in:     {system.settings.twilio_api_base_url}",
+            f"  event log:  {system.settings.store.describe()}",
+        ]
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

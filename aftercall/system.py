@@ -24,6 +24,8 @@ import httpx
 import trio
 
 from actors.runtime import ActorSettings, ActorSystem, open_actor_system
+from aftercall.operator_store import open_operator_store
+from aftercall.sandbox_phone import StandInPhone
 from aftercall.settings import Settings, is_sandbox, load_settings
 from aftercall.storage import open_read_models, open_store
 from clients.elevenlabs.api import ElevenLabsAPI
@@ -31,6 +33,7 @@ from clients.http1 import Http1Transport
 from clients.twilio.sender import TwilioConfig, WhatsAppSender
 from events.store import EventStore
 from followup.call_monitor import CallMonitorHandle, MonitorSettings, open_call_monitor
+from followup.conversation import Rules
 from followup.phone import (
     ConflictCount,
     PhoneDependencies,
@@ -43,6 +46,7 @@ from projections.runner import ProjectionRunner, open_projection_runner
 from sandbox.elevenlabs import DEFAULT_AGENT_ID, ElevenLabsStandIn, serve_elevenlabs
 from sandbox.environment import stand_in_environment
 from sandbox.twilio import TwilioStandIn, serve_twilio
+from web.console.accounts import OperatorAccounts
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,17 @@ class System:
     projections: ProjectionRunner | None = None
     #: Decisions another process recorded first (followup.phone.DecisionConflict).
     conflicts: ConflictCount = attrs.field(factory=ConflictCount)
+    #: The operator accounts of the console (hashes and sessions beside the log).
+    operators: OperatorAccounts = attrs.field(kw_only=True)
+
+    @property
+    def sandbox_phone(self) -> StandInPhone | None:
+        """The console's phone panel, in sandbox mode: the stand-ins play the outside."""
+        if self.sandbox is None:
+            return None
+        return StandInPhone(
+            self.sandbox.elevenlabs, self.sandbox.twilio, self.settings.default_agent_id
+        )
 
     def notify_phone(self, phone: str, version: int | None = None, event: Any = None) -> bool:
         """Tell the phone's actor its stream grew (never waits; the log holds the work).
@@ -82,6 +97,10 @@ class System:
 
 
 DEFAULT_SANDBOX_PUBLIC_URL = "http://127.0.0.1:8000"
+#: The sandbox's approved first-message template (variables: 1 name, 2 the call's summary).
+SANDBOX_TEMPLATE = (
+    "Hi {{1}}, thanks for the call just now. {{2}} Reply here if anything else comes up."
+)
 
 
 @asynccontextmanager
@@ -98,6 +117,13 @@ async def _sandbox(environ: Mapping[str, str]) -> AsyncIterator[tuple[Sandbox, d
             elevenlabs, twilio, public, environ.get("DEFAULT_AGENT_ID") or DEFAULT_AGENT_ID
         )
         overrides["ELEVENLABS_WEBHOOK_SECRET"] = str(elevenlabs.webhook_secret)
+        if not environ.get("AFTERCALL_FIRST_MESSAGE_TEMPLATE_SID"):
+            # As in production, a first message after a call is outside WhatsApp's 24-hour
+            # window and needs an approved template; free text fails there with 63016,
+            # which is what a newcomer's first sandbox call showed.
+            overrides["AFTERCALL_FIRST_MESSAGE_TEMPLATE_SID"] = twilio.register_template(
+                SANDBOX_TEMPLATE
+            )
         yield Sandbox(elevenlabs, twilio), overrides
 
 
@@ -149,6 +175,11 @@ async def open_system(
             twilio_transport,
             twilio_config,
         )
+        rules = Rules(
+            optout_keywords=settings.optout_keywords,
+            optin_keywords=settings.optin_keywords,
+            handoff_keywords=settings.handoff_keywords,
+        )
         deps = PhoneDependencies(
             settings=PhoneSettings(
                 elevenlabs_base_url=settings.elevenlabs_base_url,
@@ -160,6 +191,14 @@ async def open_system(
                 missed_call_text=settings.missed_call_text,
                 first_message_template_sid=settings.first_message_template_sid,
                 turn_timeout=settings.turn_timeout,
+                rules=rules,
+                optout_confirmation_text=settings.optout_confirmation_text,
+                optin_confirmation_text=settings.optin_confirmation_text,
+                handoff_notice_text=settings.handoff_notice_text,
+                unnamed=settings.unnamed,
+                missed_call_summary=settings.missed_call_summary,
+                handoff_tool=settings.handoff_tool,
+                auto_return_after=settings.handoff_auto_return,
             ),
             http=http,
             sender=sender,
@@ -180,6 +219,9 @@ async def open_system(
             sandbox,
             projections=projections,
             conflicts=deps.conflicts,
+            operators=OperatorAccounts(
+                store, await stack.enter_async_context(open_operator_store(store))
+            ),
         )
         if settings.batch_poll_seconds is not None:
             system.call_monitor = await stack.enter_async_context(
@@ -194,7 +236,9 @@ async def open_system(
                     system.notify_phone,
                 )
             )
-        system.resumed_phones = await resume_unfinished(store, phones)
+        system.resumed_phones = await resume_unfinished(
+            store, phones, rules, settings.handoff_auto_return
+        )
         yield system
 
 

@@ -16,6 +16,16 @@ A projection that fails (a bug, the database away) is set aside, retried alone w
 backoff and reported in `statistics`; it never stops the others or the service: read
 models are secondary to the conversations.
 
+Nor does one event stop a projection (``projections.parking``). When a page fails for a
+reason other than the store being away, the projection reads ever smaller pages (half the
+window that failed, at once) until the failure is one event alone; that event is tried
+again with backoff (``actors.retry.backoff_delay``: 0.1 s, doubling) and after
+`PARK_AFTER_TRIES` failed tries it is parked: recorded with its error in
+``projection_parked_events`` in the transaction that moves the checkpoint past it, logged
+as one line, and the projection goes on. A store that is away parks nothing: that is
+retried as long as it takes. `retry_parked` (``aftercall projections retry``) applies
+parked events again once their cause is fixed.
+
 Several processes may run the same projections on one PostgreSQL: each page's checkpoint
 check makes exactly one of them win it; the others re-read the checkpoint and go on.
 
@@ -24,7 +34,9 @@ tables, one read feeding every projection, reading the next page and folding it 
 the last one is written, and swaps them in once it has caught up. It runs beside the
 live followers, in this process or another; a live follower that finds its checkpoint
 moved by the swap simply continues from there. A projection whose tables were built by
-an older version of its rules is rebuilt that way when its follower starts.
+an older version of its rules is rebuilt that way when its follower starts. A rebuild
+that meets an event it cannot apply finishes page by page from there, parking as the
+live follower does, so its tables and its parked events are those the live ones have.
 """
 
 from __future__ import annotations
@@ -35,20 +47,34 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 import trio
 
-from events.store import EventStore
+from actors.groups import lone_leaf
+from actors.retry import backoff_delay
+from events.store import EventStore, RecordedEvent
+from projections.console import CONSOLE_PROJECTION
 from projections.conversations import CONVERSATIONS_PROJECTION
 from projections.history import HISTORY
 from projections.metrics import METRICS
-from projections.model import Changes, LogPage, Projection, RowSet
+from projections.model import Changes, LogPage, Projection, Recorded, RowSet
+from projections.optouts import OPTOUTS_PROJECTION
+from projections.parking import (
+    PARK_AFTER_TRIES,
+    ParkedEvent,
+    error_message,
+    error_text,
+    error_type,
+    is_transient,
+    next_move,
+)
 from projections.postgres import is_schema_change
 from projections.readmodels import (
     Checkpoint,
     CheckpointMoved,
+    NoRebuild,
     ReadModels,
     Target,
     checkpoint_name,
@@ -56,7 +82,13 @@ from projections.readmodels import (
 
 logger = logging.getLogger(__name__)
 
-ALL_PROJECTIONS: Final[tuple[Projection, ...]] = (HISTORY, CONVERSATIONS_PROJECTION, METRICS)
+ALL_PROJECTIONS: Final[tuple[Projection, ...]] = (
+    HISTORY,
+    CONVERSATIONS_PROJECTION,
+    METRICS,
+    OPTOUTS_PROJECTION,
+    CONSOLE_PROJECTION,
+)
 #: Events read and written per transaction: large enough that a page costs a handful of
 #: statements per million events, small enough that one page commits in well under a second.
 PAGE_SIZE: Final = 5000
@@ -100,6 +132,8 @@ class RebuildReport:
     events: int
     position: int
     seconds: float
+    #: Events the rebuilt projections have parked (see ``projections.parking``).
+    parked: int = 0
 
     @property
     def events_per_second(self) -> float:
@@ -132,12 +166,14 @@ async def rebuild(
     types = folded_types(projections)
     position = 0
     events = 0
+    written = _Written()
+    stalled: Exception | None = None
     pages_out, pages_in = trio.open_memory_channel[LogPage](1)
     writes_out, writes_in = trio.open_memory_channel[_Folded](1)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_pages, store, models, position, page_size, types, pages_out)
-            nursery.start_soon(_write_pages, models, projections, writes_in, on_page)
+            nursery.start_soon(_write_pages, models, projections, writes_in, on_page, written)
             async with writes_out, pages_in:
                 async for page in pages_in:
                     assert page.last is not None
@@ -145,19 +181,57 @@ async def rebuild(
                     if caches is None:
                         await writes_out.send(_Folded(position, page, None, events))
                     else:
-                        work = _fold_aside(projections, caches, position, page)
+                        try:
+                            work = _fold_aside(projections, caches, position, page)
+                        except Exception as exc:
+                            if is_transient(exc):
+                                raise
+                            # An event of this page cannot be folded, and the cached rows
+                            # hold part of the page: what came before it is written (the
+                            # writer empties its queue), the rest goes the slow way below.
+                            stalled = exc
+                            break
                         await writes_out.send(_Folded(position, page, work, events))
                         if sum(len(rows) for rows in caches.values()) > max_cached_rows:
                             caches = None  # writes stay in order: later pages read committed rows
                     position = page.last
+    except BaseExceptionGroup as group:
+        # A page that could not be written (a value its table cannot hold): nothing of it
+        # was, and every page before it was. Anything else stops the rebuild, as before.
+        leaf = lone_leaf(group)
+        if not isinstance(leaf, Exception) or not _blames_an_event(leaf):
+            raise
+        stalled = leaf
     finally:
         gc.unfreeze()
+    if stalled is not None:
+        logger.info(
+            "rebuilding %s: a page after position %d failed (%s); going on from there the way"
+            " the live projections do, parking the events that cannot be applied",
+            ", ".join(p.name for p in projections),
+            written.position,
+            error_text(stalled),
+        )
+        finisher = ProjectionRunner(store, models, tuple(projections), page_size=page_size)
+        read, position = await finisher._finish_aside(written, on_page)
+        events = written.events + read
     async with trio.open_nursery() as swaps:  # index builds of different tables in parallel
         for projection in projections:
             swaps.start_soon(models.swap, projection)
+    parked = await models.parked([p.name for p in projections])
     return RebuildReport(
-        tuple(p.name for p in projections), events, position, trio.current_time() - started
+        tuple(p.name for p in projections),
+        events,
+        position,
+        trio.current_time() - started,
+        len(parked),
     )
+
+
+def _blames_an_event(exc: Exception) -> bool:
+    """A failure worth looking for the event behind it: not the store away, not another
+    rebuild that took the aside tables."""
+    return not (is_transient(exc) or isinstance(exc, CheckpointMoved | NoRebuild))
 
 
 def folded_types(projections: Sequence[Projection]) -> frozenset[str]:
@@ -196,6 +270,14 @@ def _fold_aside(
             gc.enable()
 
 
+@attrs.define
+class _Written:
+    """How far a rebuild's writer has committed (events of the log, and position)."""
+
+    events: int = 0
+    position: int = 0
+
+
 @attrs.frozen
 class _Folded:
     """A page on its way to its transaction: folded already, or to fold there (``work``
@@ -212,6 +294,7 @@ async def _write_pages(
     projections: Sequence[Projection],
     pages: trio.MemoryReceiveChannel[_Folded],
     on_page: Callable[[int, int], None] | None,
+    written: _Written,
 ) -> None:
     # CheckpointMoved here means another rebuild of the same projection began: it has the
     # aside tables now, and this one stops.
@@ -224,6 +307,7 @@ async def _write_pages(
             else:
                 targets = [Target(p, folded.expected, aside=True) for p in projections]
                 await models.project(targets, folded.page.records, last)
+            written.events, written.position = folded.events, last
             if on_page is not None:
                 on_page(folded.events, last)
 
@@ -242,7 +326,10 @@ async def _read_pages(
             page = await models.read_log(store, after, page_size, types)
             if page.last is None:
                 return
-            await send.send(page)
+            try:
+                await send.send(page)
+            except trio.BrokenResourceError:
+                return  # the folding stopped at an event it cannot fold: no more pages
             after = page.last
 
 
@@ -256,16 +343,21 @@ class ProjectionStatistics:
     events: int
     moved: int
     last_error: str | None
+    #: Events this follower parked since it started (all that are: `ProjectionRunner.parked`).
+    parked: int = 0
 
 
 @attrs.define(eq=False)
 class _Follower:
     projection: Projection
+    #: Follows a rebuild's aside tables (a rebuild finishing page by page), not the live ones.
+    aside: bool = False
     types: frozenset[str] = attrs.field(init=False)
     position: int | None = None
     pages: int = 0
     events: int = 0
     moved: int = 0
+    parked: int = 0
     last_error: str | None = None
     #: After a failure: not before this (trio clock), and how long the next wait is.
     retry_at: float = -math.inf
@@ -273,9 +365,46 @@ class _Follower:
     #: One failure that looked like tables swapped under a cached statement was retried
     #: at once; the next is a failure like any other.
     retried_at_once: bool = False
+    #: Looking for the event a page failed on: pages of at most ``window`` events of the
+    #: log, until the checkpoint passes ``suspect_until`` (the end of the smallest window
+    #: that failed); None: whole pages.
+    window: int | None = None
+    suspect_until: int = 0
+    #: Failed tries of the event at ``tries_at``, alone in its window.
+    tries: int = 0
+    tries_at: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.types = folded_types([self.projection])
+
+    @property
+    def checkpoint(self) -> str:
+        return checkpoint_name(self.projection, aside=self.aside)
+
+
+class _PageFailed(Exception):
+    """A page that could not be projected: the error, with the window of the log it read
+    (``read`` events up to ``last``) and the records it held for the projection (None: they
+    could not even be decoded)."""
+
+    def __init__(
+        self, cause: Exception, read: int, last: int, records: list[Recorded] | None
+    ) -> None:
+        super().__init__(error_text(cause))
+        self.cause = cause
+        self.read = read
+        self.last = last
+        self.records = records
+
+    @property
+    def suspect(self) -> bool:
+        """Could an event of the page be to blame? Not if the projection folds none of
+        them; a payload that could not be decoded is."""
+        return self.records is None or bool(self.records)
+
+
+def _cause(exc: Exception) -> Exception:
+    return exc.cause if isinstance(exc, _PageFailed) else exc
 
 
 @attrs.define(eq=False)
@@ -288,6 +417,7 @@ class ProjectionRunner:
     page_size: int = PAGE_SIZE
     max_retry_delay: float = 5.0
     live_interval: float = LIVE_INTERVAL
+    park_after: int = PARK_AFTER_TRIES
     _followers: dict[str, _Follower] = attrs.field(init=False)
     _advanced: trio.Event = attrs.field(factory=trio.Event)
 
@@ -295,20 +425,31 @@ class ProjectionRunner:
         self._followers = {p.name: _Follower(p) for p in self.projections}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Follow every projection until cancelled (started at once: nothing blocks start-up)."""
+        """Follow every projection until cancelled.
+
+        Started once the read models' tables exist (an API query before them was a 500),
+        not once they are built: catching up or rebuilding never blocks start-up.
+        """
+        await self.models.prepare(self.projections)
         task_status.started()
         await self._follow()
 
     async def catch_up(self) -> dict[str, int]:
         """Project everything committed so far, then return every checkpoint.
 
-        For commands and tests: no waiting for new events, and errors are raised.
+        For commands and tests: no waiting for new events. An event that cannot be applied
+        is parked as the live runner would (after the same tries, with the same backoff);
+        any other error is raised.
         """
         for follower in self._followers.values():
             await self._prepare(follower)
-            while await self._step([follower]):
-                pass
+            await self._catch_up(follower)
         return self.positions()
+
+    async def parked(self) -> list[ParkedEvent]:
+        """The events the live projections have parked, in the order of the log: read from
+        the read models' store, so those another process parked (or retried) count too."""
+        return await self.models.parked([p.name for p in self.projections])
 
     def positions(self) -> dict[str, int]:
         return {name: f.position or 0 for name, f in self._followers.items()}
@@ -325,7 +466,7 @@ class ProjectionRunner:
     def statistics(self) -> list[ProjectionStatistics]:
         return [
             ProjectionStatistics(
-                f.projection.name, f.position, f.pages, f.events, f.moved, f.last_error
+                f.projection.name, f.position, f.pages, f.events, f.moved, f.last_error, f.parked
             )
             for f in self._followers.values()
         ]
@@ -352,11 +493,13 @@ class ProjectionRunner:
                 continue
             start = min(f.position for f in ready if f.position is not None)
             group = [f for f in ready if f.position == start]
+            # One looking for the event a page failed on reads small pages of its own.
+            group = [f for f in group if f.window is not None][:1] or group
             try:
                 more = await self._step(group)
             except Exception as exc:
                 if len(group) == 1:
-                    self._failed(group[0], exc)
+                    await self._failed(group[0], exc)
                     continue
                 # Which one? Each alone, once: the sound ones go on, the other waits.
                 for follower in group:
@@ -383,7 +526,7 @@ class ProjectionRunner:
         try:
             await work
         except Exception as exc:
-            self._failed(follower, exc)
+            await self._failed(follower, exc)
             return False
         self._succeeded(follower)
         return True
@@ -393,12 +536,19 @@ class ProjectionRunner:
         follower.delay = _FIRST_RETRY
         follower.retried_at_once = False
 
-    def _failed(self, follower: _Follower, exc: Exception) -> None:
-        follower.position = None  # re-read the checkpoint before the next page
-        if is_schema_change(exc) and not follower.retried_at_once:
+    async def _failed(self, follower: _Follower, exc: Exception) -> None:
+        cause = _cause(exc)
+        if is_schema_change(cause) and not follower.retried_at_once:
+            follower.position = None  # re-read the checkpoint before the next page
             follower.retried_at_once = True  # tables swapped under a cached statement
             return
-        follower.last_error = f"{type(exc).__name__}: {exc}"
+        try:
+            if await self._isolate(follower, exc):
+                return
+        except Exception as parking:  # the store went away while it was being parked
+            cause = parking
+        follower.position = None  # re-read the checkpoint before the next page
+        follower.last_error = error_text(cause)
         logger.warning(
             "projection %s failed (%s); retrying in %.1f s",
             follower.projection.name,
@@ -407,6 +557,161 @@ class ProjectionRunner:
         )
         follower.retry_at = trio.current_time() + follower.delay
         follower.delay = min(follower.delay * 2, self.max_retry_delay)
+
+    async def _isolate(self, follower: _Follower, exc: Exception) -> bool:
+        """Look for the event a page failed on, try it again, or park it (`next_move`).
+
+        True when that is what this failure led to; False for a failure no event can be
+        blamed for (the store away, a page of events the projection does not fold), which
+        the caller handles as before. Nothing was written by the failed page (its
+        transaction rolled back), so the checkpoint is still where the follower has it.
+        """
+        if not isinstance(exc, _PageFailed):
+            return False
+        if exc.last != follower.tries_at:
+            follower.tries, follower.tries_at = 0, exc.last
+        move = next_move(
+            exc.cause,
+            window=exc.read,
+            suspect=exc.suspect,
+            tries=follower.tries + 1,
+            park_after=self.park_after,
+        )
+        if move == "retry":
+            return False
+        follower.suspect_until = exc.last
+        if move == "narrow":
+            # At once: it is a smaller page that is tried, not the same one again.
+            follower.window = max(1, exc.read // 2)
+            follower.retry_at = -math.inf
+            logger.debug(
+                "projection %s: a page of %d events up to position %d failed (%s);"
+                " trying pages of %d",
+                follower.projection.name,
+                exc.read,
+                exc.last,
+                error_text(exc.cause),
+                follower.window,
+            )
+            return True
+        follower.window = 1
+        follower.tries += 1
+        follower.last_error = error_text(exc.cause)
+        if move == "again":
+            delay = backoff_delay(
+                follower.tries, initial=_FIRST_RETRY, maximum=self.max_retry_delay
+            )
+            follower.retry_at = trio.current_time() + delay
+            logger.debug(
+                "projection %s: event %d failed (try %d of %d: %s); again in %.1f s",
+                follower.projection.name,
+                exc.last,
+                follower.tries,
+                self.park_after,
+                follower.last_error,
+                delay,
+            )
+            return True
+        await self._park(follower, exc)
+        return True
+
+    async def _park(self, follower: _Follower, failure: _PageFailed) -> None:
+        """Set the event of a one-event window aside and move the checkpoint past it."""
+        assert follower.position is not None
+        known = await _recorded(self.store, failure.last)
+        page = failure.records[0] if failure.records else None
+        seen: Recorded | None = known or page
+        event = ParkedEvent(
+            projection=follower.checkpoint,
+            position=failure.last,
+            stream="" if seen is None else seen.stream,
+            event_id=None if known is None else str(known.event_id),
+            type="" if seen is None else seen.type,
+            error_type=error_type(failure.cause),
+            error_message=error_message(failure.cause),
+            attempts=follower.tries,
+            parked_at=datetime.now(UTC),
+        )
+        target = Target(follower.projection, follower.position, aside=follower.aside)
+        try:
+            await self.models.park(target, event)
+        except CheckpointMoved:
+            if follower.aside:
+                raise  # another rebuild of it began: it has the aside tables now
+            # Another process went on meanwhile (and may have parked it): follow it.
+            follower.moved += 1
+            follower.position = None
+            return
+        # The one line an operator sees: no traceback, nothing repeated while it retried.
+        logger.warning(
+            "projection %s parked event %d (%s in %s, id %s) after %d tries: %s; it goes on"
+            " without it (aftercall projections status lists it, aftercall projections retry"
+            " applies it again)",
+            event.projection,
+            event.position,
+            event.type or "?",
+            event.stream or "?",
+            event.event_id or "?",
+            event.attempts,
+            event.error,
+        )
+        follower.parked += 1
+        follower.last_error = None
+        follower.delay = _FIRST_RETRY
+        self._advance(follower, event.position)
+
+    async def _catch_up(
+        self, follower: _Follower, on_page: Callable[[_Follower], None] | None = None
+    ) -> None:
+        """Project ``follower`` up to the end of the log as it is now, parking what cannot
+        be applied (waiting out the backoff between tries); other errors are raised."""
+        while True:
+            if follower.position is None:
+                await self._reposition(follower)
+            failure: Exception | None = None
+            try:
+                more = await self._step([follower])
+            except Exception as exc:
+                if not await self._isolate(follower, exc):
+                    failure = _cause(exc)
+            else:
+                self._succeeded(follower)
+                if on_page is not None:
+                    on_page(follower)
+                if not more:
+                    return
+                continue
+            if failure is not None:
+                raise failure  # out of the handler: the error itself, not the wrapper
+            await trio.sleep_until(max(follower.retry_at, trio.current_time()))
+
+    async def _reposition(self, follower: _Follower) -> None:
+        if not follower.aside:
+            await self._prepare(follower)
+            return
+        checkpoint = (await self.models.checkpoints()).get(follower.checkpoint)
+        if checkpoint is None:
+            raise NoRebuild(f"projection {follower.projection.name} has no rebuild in progress")
+        self._advance(follower, checkpoint.position)
+
+    async def _finish_aside(
+        self, written: _Written, on_page: Callable[[int, int], None] | None
+    ) -> tuple[int, int]:
+        """Finish a rebuild that met an event it cannot apply: each projection alone,
+        page by page from its aside checkpoint, as the live ones follow theirs. Returns
+        the events read (the most any projection read) and the last position."""
+
+        def progress(follower: _Follower) -> None:
+            if on_page is not None and follower.position is not None:
+                on_page(written.events + follower.events, follower.position)
+
+        followers = [_Follower(p, aside=True) for p in self.projections]
+        for follower in followers:
+            await self._catch_up(follower, progress)
+        return (
+            max(f.events for f in followers),
+            max(f.position or written.position for f in followers),
+        )
 
     async def _prepare(self, follower: _Follower) -> None:
         projection = follower.projection
@@ -437,18 +742,23 @@ class ProjectionRunner:
         assert start is not None
         assert all(f.position == start for f in group)
         types = folded_types([f.projection for f in group])
-        page = await self.models.read_log(self.store, start, self.page_size, types)
+        limit = group[0].window or self.page_size  # a window: that follower alone
+        page = await self.models.read_log(self.store, start, limit, types)
         if page.last is None:
             return False
-        targets = [Target(f.projection, start) for f in group]
+        targets = [Target(f.projection, start, aside=f.aside) for f in group]
+        records: list[Recorded] | None = None
         try:
-            position = await self.models.project(targets, page.records, page.last)
+            records = page.records
+            position = await self.models.project(targets, records, page.last)
         except CheckpointMoved as exc:
             # Nothing was written. The one that moved follows its checkpoint (another
             # runner wrote this page, or a rebuild swapped); the others read again.
             for follower in group:
-                if checkpoint_name(follower.projection) != exc.name:
+                if follower.checkpoint != exc.name:
                     continue
+                if follower.aside:
+                    raise  # another rebuild of it began: it has the aside tables now
                 follower.moved += 1
                 if exc.actual is None:
                     follower.position = None
@@ -456,16 +766,32 @@ class ProjectionRunner:
                 else:
                     self._advance(follower, exc.actual)
             return True
+        except Exception as exc:
+            raise _PageFailed(exc, page.read, page.last, records) from exc
         for follower in group:
             follower.pages += 1
             follower.events += page.read
             self._advance(follower, position)
-        return page.read >= self.page_size
+        return page.read >= limit
 
     def _advance(self, follower: _Follower, position: int) -> None:
         follower.position = position
+        if follower.window is not None and position >= follower.suspect_until:
+            follower.window = None  # past the window that failed: whole pages again
         self._advanced.set()
         self._advanced = trio.Event()
+
+
+async def _recorded(store: EventStore, position: int) -> RecordedEvent | None:
+    """The event at ``position`` as the store has it (its id, for a parked event's row);
+    None if the store cannot decode it either."""
+    try:
+        found = await store.read_all(after=position - 1, limit=1)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        return None
+    return found[0] if found and found[0].position == position else None
 
 
 @asynccontextmanager
@@ -497,6 +823,8 @@ class ProjectionStatus:
     updated_at: datetime | None
     built_version: int | None
     rebuild_position: int | None  # a rebuild in progress has got this far
+    #: Events it could not apply and went on without (``projections.parking``), log order.
+    parked: tuple[ParkedEvent, ...] = ()
 
 
 async def projection_status(
@@ -509,6 +837,7 @@ async def projection_status(
     now = now or datetime.now(UTC)
     head = await store.head()
     checkpoints = await models.checkpoints()
+    parked = await models.parked([p.name for p in projections])
     found: list[ProjectionStatus] = []
     for projection in projections:
         live: Checkpoint | None = checkpoints.get(projection.name)
@@ -538,6 +867,56 @@ async def projection_status(
                 updated_at=None if live is None else live.updated_at,
                 built_version=None if live is None else live.version,
                 rebuild_position=None if aside is None else aside.position,
+                parked=tuple(e for e in parked if e.projection == projection.name),
             )
         )
     return found
+
+
+# -- parked events, again ------------------------------------------------------------------
+@attrs.frozen
+class RetryOutcome:
+    """What ``retry_parked`` did with one parked event.
+
+    ``applied``: it applies now and is no longer parked; ``gone``: it was no longer parked
+    when its turn came (another process retried it); ``parked``: it still fails, and
+    ``event`` carries the newest error.
+    """
+
+    event: ParkedEvent
+    result: Literal["applied", "gone", "parked"]
+
+
+async def retry_parked(
+    store: EventStore, models: ReadModels, projections: Sequence[Projection] = ALL_PROJECTIONS
+) -> list[RetryOutcome]:
+    """Apply the events ``projections`` parked, in the order of the log, once each: those
+    that apply now are unparked (in the transaction that folds them), the others stay
+    parked with their newest error. A store that is away raises, as anywhere else.
+
+    A parked event is folded on top of the events that came after it (the checkpoint is
+    past it): the rules are written so that order rarely matters (statuses only move
+    forward, counters add), but where it does, ``rebuild`` folds every event in its place.
+    """
+    by_name = {p.name: p for p in projections}
+    outcomes = []
+    for event in await models.parked(list(by_name)):
+        record = await _recorded(store, event.position)
+        try:
+            if record is None:
+                raise LookupError(f"the log has no readable event at position {event.position}")
+            applied = await models.apply_parked(by_name[event.projection], record)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            event = attrs.evolve(
+                event,
+                error_type=error_type(exc),
+                error_message=error_message(exc),
+                attempts=event.attempts + 1,
+            )
+            await models.note_parked(event)
+            outcomes.append(RetryOutcome(event, "parked"))
+            continue
+        outcomes.append(RetryOutcome(event, "applied" if applied else "gone"))
+    return outcomes

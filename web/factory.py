@@ -30,8 +30,10 @@ from actors.groups import lone_leaf
 from events.store import EventStoreError, StoreUnavailable
 from web.api import api
 from web.body_limits import BODY_LIMITS, BodyLimits
+from web.console.views import console
 from web.context import SYSTEM_KEY
 from web.health import health
+from web.hypercorn_fixes import serialise_closes
 from web.post_call import post_call_webhook
 from web.webhooks import webhooks
 
@@ -75,6 +77,7 @@ def create_app(
     single source of tail latency. Tests keep it off: freezing is process-wide, and a
     test process builds and drops many systems.
     """
+    serialise_closes()
     app = AftercallApp("aftercall")
     app.quiet_errors = (EventStoreError, *quiet_errors)
     # Body limits by path, for every transfer encoding, and the body always read
@@ -115,7 +118,7 @@ def create_app(
     async def http_error(error: HTTPException) -> tuple[dict[str, str], int]:
         return {"error": error.description or error.name}, error.code or 400
 
-    for blueprint in (health, webhooks, post_call_webhook, api):
+    for blueprint in (health, webhooks, post_call_webhook, api, console):
         app.register_blueprint(blueprint)
     return app
 
