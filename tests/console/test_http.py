@@ -19,7 +19,7 @@ import trio
 from events.batches import BatchFinished, BatchSeen, RecipientSettled, batch_stream
 from events.calls import CallFailed, call_event_id
 from events.codec import to_new_event
-from events.conversation import phone_stream
+from events.conversation import delivery_stream, phone_stream
 from events.operators import operator_stream
 from events.store import EventStore, RecordedEvent
 from tests.console.harness import (
@@ -30,6 +30,7 @@ from tests.console.harness import (
     event_stream,
     running_console,
 )
+from tests.projections.test_parking import unreadable_time
 from web.console import views
 from web.console.views import PUBLIC, SESSION_COOKIE
 
@@ -552,3 +553,21 @@ async def test_signing_in_goes_back_to_a_console_page_and_nowhere_else(
         )
         assert answer.status_code == 303
         assert answer.headers["location"] == location
+
+
+async def test_the_overview_lists_events_a_read_model_parked(console: Console) -> None:
+    # A status whose time does not parse: the history cannot fold it and parks it.
+    recorded = await console.store.append(
+        delivery_stream(PHONE), [unreadable_time("SMparked<b>x</b>")]
+    )
+    runner = console.system.projections
+    assert runner is not None
+    with trio.fail_after(30):  # the real clock: parked after its tries, ~1.5 s
+        await runner.wait_until(recorded.position, ["history"])
+    async with console.client() as client:
+        await console.signed_in(client)
+        page = (await client.get("/console")).text
+    assert 'id="parked"' in page
+    assert "aftercall projections retry" in page
+    assert f'href="/console/events?after={recorded.position - 1}"' in page
+    assert "Invalid isoformat string: &#39;yesterday&#39;" in page

@@ -40,6 +40,7 @@ from events.conversation import phone_stream
 from events.phones import InvalidPhone, identity_phone
 from events.store import EventStoreError, RecordedEvent, validate_stream_name
 from projections import console_queries
+from projections.parking import ParkedEvent
 from projections.queries import NotFound
 from projections.readmodels import ReadModels
 from projections.rules import time_of
@@ -355,7 +356,15 @@ async def overview() -> str:
         chart_agent=chart_agent,
         chart_added=chart_added,
         failures=await console_queries.recent_failures(_models()),
+        parked=await _parked(),
     )
+
+
+async def _parked() -> list[ParkedEvent]:
+    """Events a read model could not apply and went on without (``projections.parking``):
+    what the overview, /readyz and ``projections status`` all say."""
+    runner = current_system().projections
+    return [] if runner is None else await runner.parked()
 
 
 def _chart_hours(since: datetime, now: datetime) -> list[datetime]:
