@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -282,65 +283,59 @@ def _done(done: control.Done, answer_status: int, **extra: Any) -> Response:
     return response
 
 
-@api.post("/conversations/<path:phone>/handoff")
-async def take_over(phone: str) -> Response:
+async def _operator_action(
+    phone: str,
+    field: str,
+    act: Callable[[str, str, str | None], Awaitable[control.Done]],
+    answer_status: int,
+    **extra: str,
+) -> Response:
+    """The three operator routes: the token, the phone, a JSON body of ``field`` and
+    ``operator`` only, then ``act(phone, operator, field's text)``; refusals as 4xx."""
     refused = _refused()
     if refused is not None:
         return refused
+    required = field == "text"
     try:
         e164 = _phone(phone)
-        data = await _body(required=False)
-        _only(data, "reason", "operator")
+        data = await _body(required=required)
+        _only(data, field, "operator")
         operator = _operator(data)
-        reason = _text(data, "reason", MAX_REASON)
-        done = await control.take_over(
-            current_system().store, e164, operator, reason, datetime.now(UTC)
-        )
+        text = _text(data, field, MAX_TEXT if required else MAX_REASON, required=required)
+        done = await act(e164, operator, text)
     except Refused as exc:
         return _error(exc.status, exc.reason)
     except ValueError as exc:  # BadRequest, InvalidPhone
         return _error(400, str(exc))
-    return _done(done, 200, control="human", operator=operator)
+    return _done(done, answer_status, operator=operator, **extra)
+
+
+@api.post("/conversations/<path:phone>/handoff")
+async def take_over(phone: str) -> Response:
+    async def act(e164: str, operator: str, reason: str | None) -> control.Done:
+        return await control.take_over(
+            current_system().store, e164, operator, reason, datetime.now(UTC)
+        )
+
+    return await _operator_action(phone, "reason", act, 200, control="human")
 
 
 @api.post("/conversations/<path:phone>/messages")
 async def operator_message(phone: str) -> Response:
-    refused = _refused()
-    if refused is not None:
-        return refused
-    try:
-        e164 = _phone(phone)
-        data = await _body(required=True)
-        _only(data, "text", "operator")
-        operator = _operator(data)
-        text = _text(data, "text", MAX_TEXT, required=True)
-        assert text is not None
-        done = await control.request_operator_message(
+    async def act(e164: str, operator: str, text: str | None) -> control.Done:
+        assert text is not None  # required
+        return await control.request_operator_message(
             current_system().store, e164, operator, text, datetime.now(UTC), _idempotency_key()
         )
-    except Refused as exc:
-        return _error(exc.status, exc.reason)
-    except ValueError as exc:
-        return _error(400, str(exc))
-    return _done(done, 202, status="requested", operator=operator)
+
+    return await _operator_action(phone, "text", act, 202, status="requested")
 
 
 @api.post("/conversations/<path:phone>/resume")
 async def hand_back(phone: str) -> Response:
-    refused = _refused()
-    if refused is not None:
-        return refused
-    try:
-        e164 = _phone(phone)
-        data = await _body(required=False)
-        _only(data, "reason", "operator")
-        operator = _operator(data)
-        reason = _text(data, "reason", MAX_REASON)
-        done = await control.hand_back(
+    async def act(e164: str, operator: str, reason: str | None) -> control.Done:
+        return await control.hand_back(
             current_system().store, e164, operator, datetime.now(UTC), reason
         )
-    except Refused as exc:
-        return _error(exc.status, exc.reason)
-    except ValueError as exc:
-        return _error(400, str(exc))
-    return _done(done, 200, control="bot", operator=operator)
+
+    return await _operator_action(phone, "reason", act, 200, control="bot")

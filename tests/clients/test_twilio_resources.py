@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -169,7 +170,6 @@ def test_since_must_be_aware() -> None:
 def test_date_sent_filter_is_the_utc_day() -> None:
     east = datetime(2026, 3, 2, 0, 30, tzinfo=UTC) + timedelta(hours=0)
     assert date_sent_filter(east) == "2026-03-02"
-    from zoneinfo import ZoneInfo
 
     tokyo = datetime(2026, 3, 2, 8, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
     assert date_sent_filter(tokyo) == "2026-03-01"

@@ -23,6 +23,7 @@ from followup.conversation import (
     DeliverReply,
     NoticeMedia,
     SendFirstMessage,
+    SendMissedCallMessage,
     apply,
     compose_context,
     first_message_template,
@@ -195,7 +196,6 @@ def test_history_is_bounded() -> None:
 
 def test_a_failed_call_is_followed_up_only_when_asked() -> None:
     from events.calls import CallFailed
-    from followup.conversation import SendMissedCallMessage
 
     assert next_step(fold(CallFailed("conv_f", "agent_1", PHONE, "no-answer"))) is None
     state = fold(CallFailed("conv_f", "agent_1", PHONE, "no-answer", follow_up=True))
