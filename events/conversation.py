@@ -322,12 +322,17 @@ class HandedBack:
 class OperatorMessageRequested:
     """An operator asked for ``text`` to be sent to the person. The phone actor turns it
     into a ``ReplyRequested(kind="operator")`` and sends it like any reply (intent, send,
-    outcome; looked up before a resend after a crash)."""
+    outcome; looked up before a resend after a crash).
+
+    Outside WhatsApp's 24-hour window only an approved ``template`` can be delivered: the
+    request then carries it, and ``text`` says what it is for people reading the log.
+    """
 
     request_id: str
     operator: str
     text: str
     at: datetime
+    template: Template | None = None
 
 
 @event_type

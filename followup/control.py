@@ -17,6 +17,7 @@ in the phone actor, with the same intent, send and outcome as the agent's replie
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
@@ -27,6 +28,7 @@ from events.conversation import (
     HandedBack,
     HumanTookOver,
     OperatorMessageRequested,
+    Template,
     operator_message_event_id,
     phone_stream,
 )
@@ -37,7 +39,9 @@ from followup.conversation import (
     apply,
     check_hand_back,
     check_operator_message,
+    check_operator_template,
     check_take_over,
+    first_message_template,
     operator_request_known,
 )
 
@@ -119,6 +123,80 @@ async def request_operator_message(
     bot must not answer the person's reply to a person's message. With an
     ``idempotency_key`` a retried request records nothing the second time.
     """
+
+    def message(state: ConversationState, request_id: str) -> OperatorMessageRequested:
+        check_operator_message(state, now)
+        return OperatorMessageRequested(request_id, operator, text, now)
+
+    return await _request(store, phone, operator, now, idempotency_key, message)
+
+
+async def request_operator_template(
+    store: EventStore,
+    phone: str,
+    operator: str,
+    template: TemplateSettings,
+    now: datetime,
+    idempotency_key: str | None = None,
+) -> Done:
+    """The approved follow-up template, sent by the phone actor: what an operator can send
+    once WhatsApp's 24-hour window has closed (free text would not be delivered).
+
+    It is the template of the first message after a call (the person's name, the call's
+    summary), so it needs a call; it takes the conversation over like any operator message.
+    """
+
+    def message(state: ConversationState, request_id: str) -> OperatorMessageRequested:
+        chosen = operator_template(state, template)
+        return OperatorMessageRequested(
+            request_id,
+            operator,
+            f"[approved template {chosen.content_sid}: {chosen.variables.get('2', '')}]",
+            now,
+            template=chosen,
+        )
+
+    return await _request(store, phone, operator, now, idempotency_key, message)
+
+
+@attrs.frozen
+class TemplateSettings:
+    """The approved template an operator may send outside the window, if one is set."""
+
+    content_sid: str | None
+    #: In place of a name the call did not know (``aftercall.texts``).
+    unnamed: str = "there"
+
+
+def operator_template(state: ConversationState, template: TemplateSettings) -> Template:
+    """The template for this conversation, or ``Refused`` saying why there is none."""
+    check_operator_template(state)
+    if not template.content_sid:
+        raise Refused(
+            422,
+            "no approved template is configured (AFTERCALL_FIRST_MESSAGE_TEMPLATE_SID): "
+            "nothing can be delivered outside the 24-hour window",
+        )
+    if state.call is None:
+        raise Refused(
+            422,
+            "the approved template carries a call's summary, and this conversation had no "
+            "call: wait for the person to write",
+        )
+    return first_message_template(state.call, template.content_sid, template.unnamed)
+
+
+async def _request(
+    store: EventStore,
+    phone: str,
+    operator: str,
+    now: datetime,
+    idempotency_key: str | None,
+    message: Callable[[ConversationState, str], OperatorMessageRequested],
+) -> Done:
+    """Append ``message(state, request_id)`` (which checks it may go), taking the
+    conversation over first when the bot has it; a request already in the log (a retry
+    with the same idempotency key) records nothing again, whatever changed since."""
     request_id = (
         derived_id("operator-request", phone, idempotency_key).hex
         if idempotency_key is not None
@@ -128,18 +206,17 @@ async def request_operator_message(
         state = await fold_conversation(store, phone)
         if operator_request_known(state, request_id):
             return Done(phone, state.version, (), duplicate=True)
-        check_operator_message(state, now)
+        request = message(state, request_id)
         events: list[Any] = []
         new: list[NewEvent] = []
         if state.control != "human":
             took = HumanTookOver(operator=operator, at=now, reason="wrote to the person")
             events.append(took)
             new.append(to_new_event(took, metadata=_by(operator)))
-        message = OperatorMessageRequested(request_id, operator, text, now)
-        events.append(message)
+        events.append(request)
         new.append(
             to_new_event(
-                message,
+                request,
                 event_id=operator_message_event_id(phone, idempotency_key)
                 if idempotency_key is not None
                 else None,

@@ -390,7 +390,12 @@ def _operator_role(operator: str | None) -> str:
 
 
 def _said(request: ReplyRequested) -> str:
-    return "\n".join(request.parts) if request.parts else "[an approved template]"
+    if request.parts:
+        return "\n".join(request.parts)
+    # What the agent is told a template said: its words are Meta's, its variables ours.
+    variables = request.template.variables if request.template is not None else {}
+    filled = "; ".join(v for _, v in sorted(variables.items()) if v)
+    return f"[an approved template: {filled}]" if filled else "[an approved template]"
 
 
 # -- who may speak ------------------------------------------------------------------------
@@ -458,6 +463,20 @@ def check_hand_back(state: ConversationState) -> None:
 
 def check_operator_message(state: ConversationState, now: datetime) -> None:
     """Whether an operator's free text can go to the person now (``Refused`` if not)."""
+    check_operator_template(state)
+    if not in_service_window(state, now):
+        last = state.last_inbound_at.isoformat() if state.last_inbound_at else "never"
+        raise Refused(
+            422,
+            "outside WhatsApp's 24-hour customer-service window (last message from the "
+            f"person: {last}): free text cannot be delivered; send the approved template "
+            '(API: {"template": true}; the console offers it)',
+        )
+
+
+def check_operator_template(state: ConversationState) -> None:
+    """Whether anything from an operator may go to the person (``Refused`` if not): an
+    approved template may, outside the 24-hour window too."""
     if state.version == 0:
         raise Refused(404, f"no conversation with {state.phone}")
     if state.opted_out is not None:
@@ -472,13 +491,6 @@ def check_operator_message(state: ConversationState, now: datetime) -> None:
             f"Twilio says {state.phone} cannot receive (error "
             f"{state.unreachable.error_code}: {state.unreachable.meaning}); nothing is sent "
             "until they write again",
-        )
-    if not in_service_window(state, now):
-        last = state.last_inbound_at.isoformat() if state.last_inbound_at else "never"
-        raise Refused(
-            422,
-            "outside WhatsApp's 24-hour customer-service window (last message from the "
-            f"person: {last}): free text cannot be delivered; send an approved template",
         )
 
 

@@ -391,7 +391,8 @@ class PhoneActor:
                 await self._request_reply(
                     ctx,
                     kind="operator",
-                    text=request.text,
+                    text=request.text if request.template is None else None,
+                    template=request.template,
                     operator=request.operator,
                     operator_request_id=request.request_id,
                 )

@@ -19,7 +19,9 @@ whatever the size of the log:
   (``events.batches``): recipients, how each call ended, why a recipient got no call event.
 - ``console_timeline``: what happens between the messages, in the log's order: agent
   sessions opened, reopened and closed, the agent's time per turn, fallbacks and why, a
-  reply delayed or refused by Twilio, the actor stopped by its supervisor.
+  reply delayed or refused by Twilio, the actor stopped by its supervisor; who may speak:
+  a person asked for, taking over and handing back, opt-out and opt-in, a recipient who
+  cannot receive, an answer suppressed or a reply withdrawn for it.
 - ``console_failures``: every message Twilio refused or failed to deliver, by time: the
   overview's "delivery failures today" and its errors by code.
 
@@ -30,7 +32,7 @@ every text short: a page shows them, and a hostile value must not make a row unw
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from followup.conversation import CallContext, customer_name
@@ -425,6 +427,43 @@ def _stopped(rows: RowSet, phone: str, record: Recorded) -> None:
     )
 
 
+# -- who may speak ------------------------------------------------------------------------
+#: Why the bot's words did not go (``events.conversation.SilenceReason``), for people.
+SILENCE_TEXT: Final[Mapping[str, str]] = {
+    "human": "a person at the business has the conversation",
+    "opted_out": "the person opted out",
+    "unreachable": "the person cannot receive",
+}
+
+
+def _control_note(kind: str, who: str, at_key: str = "at") -> Callable[..., None]:
+    """A note for a fact about who may speak: ``who`` is the field naming the person (or
+    the requester), shown with the reason the fact carries."""
+
+    def note(rows: RowSet, phone: str, record: Recorded) -> None:
+        _touch(rows, phone, record)
+        data = record.data
+        name = _text(data.get(who), MAX_NAME) if who else None
+        if kind == "human_requested" and name:
+            name = f"the {name}"  # the agent, the customer
+        raw = data.get("reason") or data.get("keyword")
+        reason = SILENCE_TEXT.get(raw, _text(raw, 500)) if isinstance(raw, str) else None
+        detail = reason
+        if name:
+            detail = f"by {name} ({reason})" if reason else f"by {name}"
+        _timeline(rows, phone, record, kind, time_of(data.get(at_key)), detail=detail)
+
+    return note
+
+
+def _unreachable(rows: RowSet, phone: str, record: Recorded) -> None:
+    _touch(rows, phone, record)
+    data = record.data
+    code, meaning = fitting_code(data.get("error_code"), _text(data.get("meaning"), 500))
+    _timeline(rows, phone, record, "unreachable", time_of(data.get("at")), code=code,
+              detail=meaning)  # fmt: skip
+
+
 # -- batches ------------------------------------------------------------------------------
 def _batch(batch_id: str) -> Row:
     row = _blank(BATCHES) | {"batch_id": batch_id}
@@ -519,6 +558,15 @@ def _rules() -> dict[str, Rule]:
         "AgentTurnFailed": Rule(_turn_failed),
         "ReplyDelayed": Rule(_delayed),
         "ActorStopped": Rule(_stopped),
+        "HumanRequested": Rule(_control_note("human_requested", "by")),
+        "HumanTookOver": Rule(_control_note("human_took_over", "operator")),
+        "HandedBack": Rule(_control_note("handed_back", "operator")),
+        "OptedOut": Rule(_control_note("opted_out", "")),
+        "OptedIn": Rule(_control_note("opted_in", "")),
+        "RecipientUnreachable": Rule(_unreachable),
+        "AgentReplySuppressed": Rule(_control_note("reply_suppressed", "")),
+        "ReplyWithdrawn": Rule(_control_note("reply_withdrawn", "")),
+        "FirstMessageSkipped": Rule(_control_note("first_message_skipped", "")),
     }
     rules.update({name: _touching(rule) for name, rule in phone_rules.items()})
     rules.update(
@@ -533,7 +581,8 @@ def _rules() -> dict[str, Rule]:
 
 CONSOLE_PROJECTION = Projection(
     "console",
-    1,
+    # 2: notes for who may speak (hand-off, opt-out, recipients who cannot receive).
+    2,
     (PEOPLE, CALLS, FOLLOWUPS, BATCHES, RECIPIENTS, TIMELINE, FAILURES),
     _rules(),
     subject=_subject,

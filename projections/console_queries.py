@@ -188,7 +188,8 @@ _CONVERSATION_COLUMNS: Final = (
     " c.messages_in, c.messages_out, c.replies_failed, c.fallbacks, c.unanswered,"
     " c.pending_parts, c.last_inbound_at, c.last_outbound_at, c.window_ends_at,"
     " c.last_activity_at, c.last_error, c.last_error_at, c.started_at, c.position,"
-    " p.name, p.name_from, p.activity_at"
+    " c.control, c.control_by, c.control_reason, c.control_since, c.opted_out,"
+    " c.unreachable_code, p.name, p.name_from, p.activity_at"
 )
 _MESSAGE_COLUMNS: Final = (
     "m.message_id, m.direction, m.message_sid, m.reply_id, m.part, m.kind, m.body,"

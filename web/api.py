@@ -13,8 +13,10 @@ People in control (``followup.control``; each answers with the HTTP status its r
 - ``POST /api/conversations/<phone>/messages`` ``{"text", "operator"?}``: the operator's
   message, sent by the phone actor like any reply (202). 409 when the person opted out or
   cannot receive; 422 outside WhatsApp's 24-hour window (only an approved template can be
-  delivered then). Writing to a conversation the bot has takes it over. An
-  ``Idempotency-Key`` header makes a retried request a no-op (200).
+  delivered then: ``{"template": true}`` sends the follow-up template, the call's name and
+  summary, and is 422 when none is configured or there was no call). Writing to a
+  conversation the bot has takes it over. An ``Idempotency-Key`` header makes a retried
+  request a no-op (200).
 - ``POST /api/conversations/<phone>/resume`` ``{"reason"?, "operator"?}``: hand it back
   to the bot.
 
@@ -285,24 +287,22 @@ def _done(done: control.Done, answer_status: int, **extra: Any) -> Response:
 
 async def _operator_action(
     phone: str,
-    field: str,
-    act: Callable[[str, str, str | None], Awaitable[control.Done]],
+    fields: tuple[str, ...],
+    act: Callable[[str, str, dict[str, Any]], Awaitable[control.Done]],
     answer_status: int,
     **extra: str,
 ) -> Response:
-    """The three operator routes: the token, the phone, a JSON body of ``field`` and
-    ``operator`` only, then ``act(phone, operator, field's text)``; refusals as 4xx."""
+    """The three operator routes: the token, the phone, a JSON body of ``fields`` and
+    ``operator`` only, then ``act(phone, operator, body)``; refusals as 4xx."""
     refused = _refused()
     if refused is not None:
         return refused
-    required = field == "text"
     try:
         e164 = _phone(phone)
-        data = await _body(required=required)
-        _only(data, field, "operator")
+        data = await _body(required="text" in fields)
+        _only(data, *fields, "operator")
         operator = _operator(data)
-        text = _text(data, field, MAX_TEXT if required else MAX_REASON, required=required)
-        done = await act(e164, operator, text)
+        done = await act(e164, operator, data)
     except Refused as exc:
         return _error(exc.status, exc.reason)
     except ValueError as exc:  # BadRequest, InvalidPhone
@@ -310,32 +310,51 @@ async def _operator_action(
     return _done(done, answer_status, operator=operator, **extra)
 
 
+def _reason(data: dict[str, Any]) -> str | None:
+    return _text(data, "reason", MAX_REASON)
+
+
+def template_settings() -> control.TemplateSettings:
+    """The approved template operators may send outside the 24-hour window."""
+    settings = current_system().settings
+    return control.TemplateSettings(settings.first_message_template_sid, settings.unnamed)
+
+
 @api.post("/conversations/<path:phone>/handoff")
 async def take_over(phone: str) -> Response:
-    async def act(e164: str, operator: str, reason: str | None) -> control.Done:
+    async def act(e164: str, operator: str, data: dict[str, Any]) -> control.Done:
         return await control.take_over(
-            current_system().store, e164, operator, reason, datetime.now(UTC)
+            current_system().store, e164, operator, _reason(data), datetime.now(UTC)
         )
 
-    return await _operator_action(phone, "reason", act, 200, control="human")
+    return await _operator_action(phone, ("reason",), act, 200, control="human")
 
 
 @api.post("/conversations/<path:phone>/messages")
 async def operator_message(phone: str) -> Response:
-    async def act(e164: str, operator: str, text: str | None) -> control.Done:
+    async def act(e164: str, operator: str, data: dict[str, Any]) -> control.Done:
+        store, now, key = current_system().store, datetime.now(UTC), _idempotency_key()
+        template = data.get("template")
+        if template is not None and not isinstance(template, bool):
+            raise BadRequest("'template' must be true or false")
+        if template:
+            if "text" in data:
+                raise BadRequest("give either 'text' or 'template': true, not both")
+            return await control.request_operator_template(
+                store, e164, operator, template_settings(), now, key
+            )
+        text = _text(data, "text", MAX_TEXT, required=True)
         assert text is not None  # required
-        return await control.request_operator_message(
-            current_system().store, e164, operator, text, datetime.now(UTC), _idempotency_key()
-        )
+        return await control.request_operator_message(store, e164, operator, text, now, key)
 
-    return await _operator_action(phone, "text", act, 202, status="requested")
+    return await _operator_action(phone, ("text", "template"), act, 202, status="requested")
 
 
 @api.post("/conversations/<path:phone>/resume")
 async def hand_back(phone: str) -> Response:
-    async def act(e164: str, operator: str, reason: str | None) -> control.Done:
+    async def act(e164: str, operator: str, data: dict[str, Any]) -> control.Done:
         return await control.hand_back(
-            current_system().store, e164, operator, datetime.now(UTC), reason
+            current_system().store, e164, operator, datetime.now(UTC), _reason(data)
         )
 
-    return await _operator_action(phone, "reason", act, 200, control="bot")
+    return await _operator_action(phone, ("reason",), act, 200, control="bot")

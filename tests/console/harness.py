@@ -73,15 +73,19 @@ class Console:
         return csrf_of(page.text)
 
     async def wait_for(
-        self, predicate: Callable[[RecordedEvent], bool], *, within: float = 20
+        self, predicate: Callable[[RecordedEvent], bool], *, within: float = 20, count: int = 1
     ) -> RecordedEvent:
+        """The ``count``-th event in the log that matches, once it is there."""
         position = 0
+        seen = 0
         with trio.fail_after(within):
             while True:
                 batch = await self.store.read_all(after=position, limit=1000)
                 for record in batch:
                     if predicate(record):
-                        return record
+                        seen += 1
+                        if seen == count:
+                            return record
                 if batch:
                     position = batch[-1].position
                 else:

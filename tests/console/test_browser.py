@@ -342,3 +342,102 @@ async def test_long_texts_do_not_make_a_phone_screen_scroll_sideways(
         assert re.search(r"/console/conversations$", await tab.do(lambda page: page.url))
     finally:
         await tab.close()
+
+
+async def test_an_operator_takes_over_writes_and_hands_back_from_the_page(
+    console: Console, browser: BrowserThread
+) -> None:
+    """Hand-off from the console (issue: people in control): outside the window the page
+    offers the approved template; once the person writes, take over, write as yourself
+    (the bot stays silent), hand back (the agent answers again, knowing what was said)."""
+    phone_panel = console.system.sandbox_phone
+    assert phone_panel is not None
+    await phone_panel.end_call(ANA, "Ana", "Ana was charged twice.")
+    await console.wait_for(lambda e: e.type == "ReplySent" and e.stream == phone_stream(ANA))
+    await console.projected()
+    tab = await Tab.open(browser)
+    try:
+        await _sign_in(tab, console)
+        await _open(tab, console, f"/console/conversations/%2B{ANA[1:]}")
+        # Ana has not written: free text would not be delivered, the template would.
+        write_card = "section[aria-label='write to the person']"
+        await tab.do(
+            lambda page: expect(page.locator(write_card)).to_contain_text("window is closed")
+        )
+        await tab.do(lambda page: expect(page.locator(f"{write_card} textarea")).to_have_count(0))
+        await tab.do(lambda page: page.click(f"{write_card} button:text('approved template')"))
+        await tab.do(
+            lambda page: expect(page.locator(".control")).to_contain_text(
+                f"{OPERATOR} has this conversation", timeout=SECONDS
+            )
+        )
+        await console.wait_for(
+            lambda e: e.type == "ReplySent" and e.stream == phone_stream(ANA), count=2
+        )
+        await tab.screenshot("conversation-template-sent")
+
+        # Ana answers: the window opens; the bot is silent while the operator has it.
+        await tab.do(lambda page: page.click(".control button:text('Hand back to the bot')"))
+        await tab.do(
+            lambda page: expect(page.locator(".control")).to_contain_text(
+                "The bot answers", timeout=SECONDS
+            )
+        )
+        await phone_panel.customer_writes(ANA, "Yes, I was charged twice.", "Ana")
+        await console.wait_for(
+            lambda e: e.type == "ReplySent" and e.stream == phone_stream(ANA), count=3
+        )
+        await _open(tab, console, f"/console/conversations/%2B{ANA[1:]}")
+        await tab.do(lambda page: page.click(".control button:text('Take over')"))
+        await tab.do(
+            lambda page: expect(page.locator(".control")).to_contain_text(
+                f"{OPERATOR} has this conversation", timeout=SECONDS
+            )
+        )
+        await phone_panel.customer_writes(ANA, "Hello? Is a person there?", "Ana")
+        await console.wait_for(
+            lambda e: e.type == "MessageReceived" and e.stream == phone_stream(ANA), count=2
+        )
+
+        def write(page: Page) -> None:
+            page.fill(f"{write_card} textarea[name=text]", "Hi Ana, Maria here: refunded today.")
+            page.click(f"{write_card} button")
+
+        await tab.do(write)
+        await tab.do(
+            lambda page: expect(page.locator(".message.outbound .body").last).to_have_text(
+                "Hi Ana, Maria here: refunded today.", timeout=SECONDS
+            )
+        )
+        await console.wait_for(
+            lambda e: e.type == "ReplySent" and e.stream == phone_stream(ANA), count=4
+        )
+        await tab.do(
+            lambda page: expect(page.locator(".note-human_took_over").first).to_contain_text(
+                OPERATOR
+            )
+        )
+        await tab.screenshot("conversation-taken-over")
+
+        await tab.do(lambda page: page.click(".control button:text('Hand back to the bot')"))
+        await tab.do(
+            lambda page: expect(page.locator(".control")).to_contain_text(
+                "The bot answers", timeout=SECONDS
+            )
+        )
+        await phone_panel.customer_writes(ANA, "Thanks! When will I see it?", "Ana")
+        await console.wait_for(
+            lambda e: e.type == "ReplySent" and e.stream == phone_stream(ANA), count=5
+        )
+        events = await console.store.read_stream(phone_stream(ANA))
+        assert tab.dialogs == []
+    finally:
+        await tab.close()
+    kinds = [e.data["kind"] for e in events if e.type == "ReplyRequested"]
+    # first message, the template, the agent, the operator, the agent again: the person's
+    # "Hello? Is a person there?" got no bot answer while the operator had it.
+    assert kinds == ["first_message", "operator", "agent", "operator", "agent"]
+    requests = [e.data for e in events if e.type == "OperatorMessageRequested"]
+    assert [r["operator"] for r in requests] == [OPERATOR, OPERATOR]
+    assert requests[0]["template"] is not None
+    assert requests[1]["template"] is None

@@ -237,6 +237,45 @@ async def test_bad_posts_get_a_reason(console: Console) -> None:
     assert not await console.store.read_stream(phone_stream(PHONE))
 
 
+async def test_an_operators_hand_is_refused_with_a_reason_and_records_nothing(
+    console: Console,
+) -> None:
+    """Take-over, hand-back and operator messages from the console: each refusal is a 4xx
+    page saying why (the window, another operator, nothing to hand back, a bad form), and
+    the log holds nothing it refused."""
+    phone_panel = console.system.sandbox_phone
+    assert phone_panel is not None
+    base = f"/console/conversations/%2B{PHONE[1:]}"
+    async with console.client() as client:
+        token = await console.signed_in(client)
+        missing = await client.post(f"{base}/take-over", data={"csrf": token})
+        await phone_panel.end_call(PHONE, "Ana", "A refund.")
+        await console.wait_for(lambda e: e.type == "ReplySent" and e.stream == phone_stream(PHONE))
+        closed = await client.post(f"{base}/messages", data={"csrf": token, "text": "Hi"})
+        both = await client.post(
+            f"{base}/messages", data={"csrf": token, "text": "Hi", "template": "1"}
+        )
+        empty = await client.post(f"{base}/messages", data={"csrf": token, "text": "  "})
+        nothing_to_hand_back = await client.post(f"{base}/hand-back", data={"csrf": token})
+        forged = await client.post(f"{base}/take-over", data={"csrf": "forged"})
+        refused_only = await console.store.read_stream(phone_stream(PHONE))
+        took = await client.post(f"{base}/take-over", data={"csrf": token, "reason": "mine"})
+        events = await console.store.read_stream(phone_stream(PHONE))
+
+    assert (missing.status_code, "no conversation" in missing.text) == (404, True)
+    assert (closed.status_code, "24-hour" in closed.text) == (422, True)
+    assert (both.status_code, "not both" in both.text) == (400, True)
+    assert (empty.status_code, "empty message" in empty.text) == (400, True)
+    assert nothing_to_hand_back.status_code == 409
+    assert "nothing to hand back" in nothing_to_hand_back.text
+    assert forged.status_code == 403
+    operators = {"HumanTookOver", "HandedBack", "OperatorMessageRequested"}
+    assert not [e.type for e in refused_only if e.type in operators]
+    assert (took.status_code, took.headers["location"]) == (303, base)
+    [taken] = [e for e in events if e.type == "HumanTookOver"]
+    assert (taken.data["operator"], taken.data["reason"]) == ("ana", "mine")
+
+
 async def test_pages_carry_a_content_security_policy(console: Console) -> None:
     async with console.client() as client:
         await console.signed_in(client)

@@ -263,6 +263,72 @@ async def test_operator_commands_refuse_what_cannot_be_done(store: EventStore) -
     assert "OperatorMessageRequested" not in [e.type for e in events]
 
 
+async def test_outside_the_window_the_operator_sends_the_approved_template(
+    store: EventStore,
+) -> None:
+    twilio = TwilioStandIn()
+    sid = twilio.register_template("Hi {{1}}, about our call: {{2}} Reply here any time.")
+    env = {"AFTERCALL_FIRST_MESSAGE_TEMPLATE_SID": sid}
+    async with aftercall(store, twilio=twilio, env=env) as ac:
+        await first_message_sent(ac, ANA, "conv_template_offer")
+        # Ana never wrote back: the window is closed, free text would not be delivered.
+        text = await api(ac, "POST", f"/conversations/{ANA}/messages", json={"text": "Hi"})
+        both = await api(
+            ac, "POST", f"/conversations/{ANA}/messages", json={"text": "Hi", "template": True}
+        )
+        sent = await api(
+            ac,
+            "POST",
+            f"/conversations/{ANA}/messages",
+            json={"template": True, "operator": "Maria"},
+            headers={**AUTH, "Idempotency-Key": "template-1"},
+        )
+        again = await api(
+            ac,
+            "POST",
+            f"/conversations/{ANA}/messages",
+            json={"template": True, "operator": "Maria"},
+            headers={**AUTH, "Idempotency-Key": "template-1"},
+        )
+        await ac.wait_for(of_type("ReplySent", ANA), count=2)
+        await ac.twilio.user_says(ANA, "Oh, hi! Yes, still interested.")
+        await ac.wait_for(of_type("MessageReceived", ANA))
+        # Held by Maria now: the person's answer reaches no agent, and nothing else went.
+        events = await ac.events(ANA)
+        conversation = (await api(ac, "GET", f"/conversations/{ANA}")).json()
+
+    assert (text.status_code, "template" in text.json()["error"]) == (422, True)
+    assert both.status_code == 400
+    assert (sent.status_code, again.status_code, again.json()["recorded"]) == (202, 200, False)
+    first, second = ac.twilio.received(ANA)
+    assert first.content_sid == second.content_sid == sid
+    assert second.body.startswith("Hi Ana, about our call:")
+    [request] = [e for e in events if e.type == "OperatorMessageRequested"]
+    assert request.data["template"]["content_sid"] == sid
+    assert request.data["operator"] == "Maria"
+    replies = [e.data for e in events if e.type == "ReplyRequested"]
+    assert [(r["kind"], r["template"] is not None) for r in replies] == [
+        ("first_message", True),
+        ("operator", True),
+    ]
+    assert conversation["control"] == "human"
+    assert "Oh, hi! Yes, still interested." not in user_turns(ac)
+
+
+async def test_no_template_to_offer_is_a_clear_refusal(store: EventStore) -> None:
+    async with aftercall(store) as ac:
+        await first_message_sent(ac, ANA, "conv_no_template")
+        refused = await api(ac, "POST", f"/conversations/{ANA}/messages", json={"template": True})
+        wrong = await api(ac, "POST", f"/conversations/{ANA}/messages", json={"template": "yes"})
+        events = await ac.events(ANA)
+
+    assert refused.status_code == 422
+    assert "AFTERCALL_FIRST_MESSAGE_TEMPLATE_SID" in refused.json()["error"]
+    assert wrong.status_code == 400
+    assert "OperatorMessageRequested" not in [e.type for e in events]
+    assert "HumanTookOver" not in [e.type for e in events]
+
+
 # -- opt-out ------------------------------------------------------------------------------
 
 

@@ -92,6 +92,15 @@ NOTE_LABELS: Final[Mapping[str, str]] = {
     "reply_delayed": "reply delayed",
     "reply_failed": "Twilio refused the reply",
     "actor_stopped": "conversation stopped by its supervisor",
+    "human_requested": "a person asked for",
+    "human_took_over": "taken over",
+    "handed_back": "handed back to the bot",
+    "opted_out": "opted out",
+    "opted_in": "opted back in",
+    "unreachable": "cannot receive WhatsApp messages",
+    "reply_suppressed": "the agent's answer was not sent",
+    "reply_withdrawn": "a reply was withdrawn",
+    "first_message_skipped": "no first message after the call",
 }
 
 STATUS_LABELS: Final[Mapping[str, str]] = {

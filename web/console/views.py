@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
@@ -39,6 +39,8 @@ from quart import (
 from events.conversation import phone_stream
 from events.phones import InvalidPhone, identity_phone
 from events.store import EventStoreError, RecordedEvent, validate_stream_name
+from followup import control
+from followup.conversation import Refused
 from projections import console_queries
 from projections.parking import ParkedEvent
 from projections.queries import NotFound
@@ -95,6 +97,10 @@ SIGN_IN_FIELDS: Final = {"name": 200, "password": 2048, "csrf": 100, "next": 500
 CSRF_ONLY: Final = {"csrf": 100}
 CALL_FIELDS: Final = {"csrf": 100, "name": 120, "phone": 40, "summary": 2000}
 MESSAGE_FIELDS: Final = {"csrf": 100, "name": 120, "phone": 40, "text": 1600}
+#: An operator's hand: a reason for taking over or handing back, a message (four WhatsApp
+#: messages at most, as the API takes), or ``template=1`` for the approved template.
+CONTROL_FIELDS: Final = {"csrf": 100, "reason": 500}
+OPERATOR_MESSAGE_FIELDS: Final = {"csrf": 100, "text": 4 * 1600, "template": 1}
 
 
 class BadRequest(Exception):
@@ -440,6 +446,7 @@ async def conversation(phone: str) -> str:
         phone=e164,
         detail=detail,
         live_url=render.phone_url(e164) + "/live",
+        template_sid=_system().settings.first_message_template_sid,
     )
 
 
@@ -461,6 +468,7 @@ async def live(phone: str) -> Response:
     # rendered directly (they need nothing of the request). The generator is handed to
     # Quart as it is, which closes it when the page goes: wrapping it for the request's
     # context (stream_with_context) left it to the garbage collector instead.
+    csrf = _operator().csrf_token  # the live part's take-over and hand-back forms carry it
     live_part = current_app.jinja_env.get_template("console/_live.html")
     one_message = current_app.jinja_env.get_template("console/_message.html")
 
@@ -472,7 +480,7 @@ async def live(phone: str) -> Response:
         except NotFound:  # not in the read models yet: the next event brings it
             return ": nothing to show yet\n\n"
         html = await live_part.render_async(
-            phone=e164, detail=detail, r=render, now=datetime.now(UTC)
+            phone=e164, detail=detail, r=render, now=datetime.now(UTC), csrf=csrf
         )
         return _sse("timeline", html, detail.position)
 
@@ -720,6 +728,81 @@ async def calls() -> str:
         pairs.append(("before", str(page.next)))
         next_url = "/console/calls?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in pairs)
     return await _page("console/calls.html", page=page, batch=batch, next_url=next_url)
+
+
+# -- an operator's hand -------------------------------------------------------------------
+# The same commands as the JSON API's (``followup.control``), by the signed-in operator.
+# A refusal (another operator has it, the window is closed, the person opted out) is a page
+# with its 4xx and the reason; success goes back to the conversation, which shows it.
+
+
+@console.post("/conversations/<phone>/take-over")
+async def take_over(phone: str) -> Response:
+    form = await _posted(CONTROL_FIELDS)
+    e164 = _phone(phone)
+    done = await _control(
+        control.take_over(
+            _system().store, e164, _operator().name, form["reason"].strip() or None, _now()
+        )
+    )
+    return await _acted(done)
+
+
+@console.post("/conversations/<phone>/hand-back")
+async def hand_back(phone: str) -> Response:
+    form = await _posted(CONTROL_FIELDS)
+    e164 = _phone(phone)
+    done = await _control(
+        control.hand_back(
+            _system().store, e164, _operator().name, _now(), form["reason"].strip() or None
+        )
+    )
+    return await _acted(done)
+
+
+@console.post("/conversations/<phone>/messages")
+async def operator_message(phone: str) -> Response:
+    form = await _posted(OPERATOR_MESSAGE_FIELDS)
+    e164 = _phone(phone)
+    system = _system()
+    text = form["text"].strip()
+    if form["template"] not in ("", "1"):
+        raise BadRequest("template must be 1 or left out")
+    if form["template"] == "1":
+        if text:
+            raise BadRequest("either a message or the approved template, not both")
+        settings = system.settings
+        templates = control.TemplateSettings(settings.first_message_template_sid, settings.unnamed)
+        action = control.request_operator_template(
+            system.store, e164, _operator().name, templates, _now()
+        )
+    else:
+        if not text:
+            raise BadRequest("an empty message is not sent: write something first")
+        action = control.request_operator_message(
+            system.store, e164, _operator().name, text, _now()
+        )
+    return await _acted(await _control(action))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _control(action: Awaitable[control.Done]) -> control.Done:
+    try:
+        return await action
+    except Refused as exc:
+        raise BadRequest(exc.reason, exc.status) from None
+
+
+async def _acted(done: control.Done) -> Response:
+    """Wake the phone actor for what was recorded, then show the conversation with it."""
+    system = _system()
+    if not done.duplicate:
+        system.notify_phone(done.phone, done.version, done.last)
+    await _caught_up(system)
+    return _redirect(render.phone_url(done.phone), 303)
 
 
 # -- the sandbox's phone ------------------------------------------------------------------
